@@ -1,0 +1,25 @@
+//! The shuffle service's vocabulary and byte formats.
+//!
+//! This crate is pure: it never touches a socket, a file or a clock, so every
+//! format in it can be tested exhaustively and fuzzed in isolation.
+//!
+//! * [`ids`]: newtyped, validated identifiers ([`AppId`], [`ShuffleId`], ...).
+//! * [`mode`]: the shuffle modes and the shuffle specification.
+//! * [`records`]: how records are laid out inside a block's raw payload.
+//! * [`block`]: the block format (header + compressed, checksummed payload).
+//! * [`frame`]: the data-plane frame codec shared by every transport.
+//!
+//! The byte layouts are documented in `protocol/FORMAT.md`.
+
+pub mod block;
+mod error;
+pub mod frame;
+pub mod ids;
+pub mod mode;
+pub mod records;
+mod wire;
+
+pub use block::{Block, BlockHeader, BlockId, Codec};
+pub use error::ProtocolError;
+pub use ids::{AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId};
+pub use mode::{CommitManifest, ShuffleMode, ShuffleSpec, SpillStrategy};

@@ -1,0 +1,298 @@
+//! Partition storage: blocks aggregated by reduce partition on local disks.
+//!
+//! [`Store`] is the synchronous core that both the network services and the
+//! embedded client drive. It never blocks on anything but the file system,
+//! holds no lock across I/O on another shuffle's data, and validates every
+//! input (ids, ranges, checksums) before it writes a byte.
+
+mod layout;
+mod partition;
+mod reader;
+mod shuffle;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use protocol::{AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec};
+
+pub use self::reader::PartitionReader;
+pub use self::shuffle::CommitOutcome;
+use self::layout::Layout;
+use self::partition::FileBudget;
+use self::shuffle::ShuffleState;
+use crate::{ChecksumSite, ServerError};
+
+/// Storage settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Data directories; the partitions of each shuffle are spread over all
+    /// of them. No default: at least one is required.
+    pub data_dirs: Vec<PathBuf>,
+    /// Most partition files held open for appending at once, over all
+    /// shuffles. Beyond it a partition opens, appends and closes per block.
+    /// Default: 4096.
+    pub max_open_files: usize,
+}
+
+impl StoreConfig {
+    /// Defaults with the given data directories.
+    pub fn new(data_dirs: Vec<PathBuf>) -> Self {
+        StoreConfig {
+            data_dirs,
+            max_open_files: 4096,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PushOutcome {
+    /// New blocks written.
+    pub stored: u32,
+    /// Blocks already stored (retried or duplicated pushes), dropped.
+    pub duplicates: u32,
+}
+
+/// The state of one shuffle.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShuffleStatus {
+    pub spec: ShuffleSpec,
+    pub committed_maps: u32,
+    pub sealed: bool,
+    /// Bytes in the shuffle's partition files (every attempt).
+    pub stored_bytes: u64,
+}
+
+/// Counters since the store was opened.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct StoreStats {
+    pub blocks_stored: u64,
+    pub bytes_stored: u64,
+    pub duplicates_dropped: u64,
+    pub checksum_mismatches: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    blocks_stored: AtomicU64,
+    bytes_stored: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    checksum_mismatches: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn checksum_mismatch(&self) {
+        self.checksum_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type ShuffleKey = (AppId, ShuffleId);
+
+/// The partition store. Cheap to share behind an `Arc`; every method takes
+/// `&self` and is safe to call from many threads.
+#[derive(Debug)]
+pub struct Store {
+    layout: Layout,
+    shuffles: RwLock<HashMap<ShuffleKey, Arc<ShuffleState>>>,
+    files: FileBudget,
+    counters: Arc<Counters>,
+}
+
+impl Store {
+    /// Opens a store over the configured data directories, creating them.
+    pub fn open(config: StoreConfig) -> Result<Self, ServerError> {
+        Ok(Store {
+            layout: Layout::new(&config.data_dirs)?,
+            shuffles: RwLock::new(HashMap::new()),
+            files: FileBudget::new(config.max_open_files),
+            counters: Arc::default(),
+        })
+    }
+
+    /// The data directories, canonicalized.
+    pub fn data_dirs(&self) -> &[PathBuf] {
+        self.layout.data_dirs()
+    }
+
+    /// Registers a shuffle. Registering again with the same spec is a no-op;
+    /// with another spec it is refused.
+    pub fn register_shuffle(&self, app: &AppId, shuffle: ShuffleId, spec: ShuffleSpec) -> Result<(), ServerError> {
+        if spec.mode() != ShuffleMode::Blocking {
+            return Err(ServerError::UnsupportedMode { mode: spec.mode() });
+        }
+        let key = (app.clone(), shuffle);
+        let mut shuffles = self.shuffles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = shuffles.get(&key) {
+            if existing.spec == spec {
+                return Ok(());
+            }
+            return Err(ServerError::ShuffleExists {
+                app: app.clone(),
+                shuffle,
+                existing: existing.spec,
+            });
+        }
+        for dir in self.layout.shuffle_dirs(app, shuffle) {
+            std::fs::create_dir_all(&dir).map_err(ServerError::io("create shuffle dir", &dir))?;
+        }
+        let layout = &self.layout;
+        let state = ShuffleState::new(app.clone(), shuffle, spec, |p| layout.partition_file(app, shuffle, p));
+        shuffles.insert(key, Arc::new(state));
+        Ok(())
+    }
+
+    fn shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<Arc<ShuffleState>, ServerError> {
+        self.shuffles
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(app.clone(), shuffle))
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownShuffle {
+                app: app.clone(),
+                shuffle,
+            })
+    }
+
+    /// Stores a batch of blocks for any partitions of one shuffle.
+    ///
+    /// The batch is validated whole first (ids, ranges, CRC32C of every
+    /// payload); a bad batch stores nothing. Blocks already stored under the
+    /// same (map, attempt, seq) are dropped and counted as duplicates.
+    pub fn push(&self, app: &AppId, shuffle: ShuffleId, blocks: &[Block]) -> Result<PushOutcome, ServerError> {
+        let state = self.shuffle(app, shuffle)?;
+        state.check_live()?;
+        state.check_push(blocks)?;
+        for block in blocks {
+            if let Err(e) = block.verify() {
+                self.counters.checksum_mismatch();
+                return Err(match e {
+                    protocol::ProtocolError::ChecksumMismatch { block, expected, actual } => ServerError::ChecksumMismatch {
+                        block,
+                        expected,
+                        actual,
+                        site: ChecksumSite::Received,
+                    },
+                    other => other.into(),
+                });
+            }
+        }
+        let mut outcome = PushOutcome::default();
+        for block in blocks {
+            if state.append(block, &self.files)? {
+                outcome.stored += 1;
+                self.counters.blocks_stored.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_stored
+                    .fetch_add(block.encoded_len() as u64, Ordering::Relaxed);
+            } else {
+                outcome.duplicates += 1;
+                self.counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Commits a map attempt (see [`CommitManifest`]). The first attempt of a
+    /// map to commit wins; the last map's commit seals the shuffle.
+    pub fn commit(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        map: MapId,
+        attempt: AttemptId,
+        manifest: CommitManifest,
+    ) -> Result<CommitOutcome, ServerError> {
+        let state = self.shuffle(app, shuffle)?;
+        state.check_live()?;
+        state.commit(map, attempt, manifest, &self.files)
+    }
+
+    /// Opens a sealed partition for reading, limited to `maps`.
+    pub fn read(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        partition: PartitionId,
+        maps: MapRange,
+    ) -> Result<PartitionReader, ServerError> {
+        let state = self.shuffle(app, shuffle)?;
+        state.check_live()?;
+        let (path, plan) = state.plan_read(partition, maps)?;
+        PartitionReader::open(shuffle, partition, path, plan, self.counters.clone())
+    }
+
+    /// The state of a shuffle.
+    pub fn status(&self, app: &AppId, shuffle: ShuffleId) -> Result<ShuffleStatus, ServerError> {
+        let state = self.shuffle(app, shuffle)?;
+        Ok(ShuffleStatus {
+            spec: state.spec,
+            committed_maps: state.committed_maps(),
+            sealed: state.is_sealed(),
+            stored_bytes: state.stored_bytes(),
+        })
+    }
+
+    /// Forgets a shuffle and deletes its files.
+    pub fn unregister_shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<(), ServerError> {
+        let removed = self
+            .shuffles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(app.clone(), shuffle))
+            .ok_or_else(|| ServerError::UnknownShuffle {
+                app: app.clone(),
+                shuffle,
+            })?;
+        removed.mark_removed();
+        removed.close_files(&self.files);
+        for dir in self.layout.shuffle_dirs(app, shuffle) {
+            remove_dir_if_present(&dir)?;
+        }
+        for data_dir in self.layout.data_dirs() {
+            // Drop the app folder once its last shuffle is gone; fails
+            // harmlessly while other shuffles of the app remain.
+            let _ = std::fs::remove_dir(self.layout.app_dir(data_dir, app));
+        }
+        Ok(())
+    }
+
+    /// Forgets every shuffle of an app and deletes the app's files.
+    pub fn unregister_app(&self, app: &AppId) -> Result<(), ServerError> {
+        let removed: Vec<Arc<ShuffleState>> = {
+            let mut shuffles = self.shuffles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let keys: Vec<ShuffleKey> = shuffles.keys().filter(|(a, _)| a == app).cloned().collect();
+            keys.iter().filter_map(|k| shuffles.remove(k)).collect()
+        };
+        for state in &removed {
+            state.mark_removed();
+            state.close_files(&self.files);
+        }
+        for data_dir in self.layout.data_dirs() {
+            remove_dir_if_present(&self.layout.app_dir(data_dir, app))?;
+        }
+        Ok(())
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            blocks_stored: c.blocks_stored.load(Ordering::Relaxed),
+            bytes_stored: c.bytes_stored.load(Ordering::Relaxed),
+            duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
+            checksum_mismatches: c.checksum_mismatches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), ServerError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServerError::io("remove", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

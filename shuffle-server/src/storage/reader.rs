@@ -1,0 +1,138 @@
+//! Reading a sealed partition: the planned blocks, served from an mmap of
+//! the partition file and verified one by one.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use protocol::{AttemptId, Block, BlockId, MapId, PartitionId, ShuffleId};
+
+use super::partition::IndexEntry;
+use super::Counters;
+use crate::{ChecksumSite, ServerError};
+
+/// One block a reader will return, in order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlannedBlock {
+    pub map: MapId,
+    pub attempt: AttemptId,
+    pub seq: u32,
+    pub entry: IndexEntry,
+}
+
+/// Streams one partition's committed blocks, for a range of maps, in
+/// (map, seq) order. Every block is checked against the index (identity,
+/// CRC recorded at write time) and its payload against its CRC32C.
+#[derive(Debug)]
+pub struct PartitionReader {
+    shuffle: ShuffleId,
+    partition: PartitionId,
+    path: PathBuf,
+    data: Bytes,
+    plan: Vec<PlannedBlock>,
+    next: usize,
+    counters: Arc<Counters>,
+}
+
+impl PartitionReader {
+    pub(crate) fn open(
+        shuffle: ShuffleId,
+        partition: PartitionId,
+        path: PathBuf,
+        plan: Vec<PlannedBlock>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, ServerError> {
+        let needed = plan.iter().map(|b| b.entry.offset + u64::from(b.entry.len)).max().unwrap_or(0);
+        let data = if needed == 0 {
+            Bytes::new()
+        } else {
+            let file = File::open(&path).map_err(ServerError::io("open", &path))?;
+            let on_disk = file.metadata().map_err(ServerError::io("stat", &path))?.len();
+            // Checked before mapping: touching a page past the end of the
+            // file would raise SIGBUS instead of an error.
+            if on_disk < needed {
+                return Err(ServerError::CorruptFile {
+                    path,
+                    reason: format!("file has {on_disk} bytes but the index needs {needed}"),
+                });
+            }
+            // SAFETY: the file is private to this server, which only ever
+            // appends to it and never while the shuffle is sealed; its length
+            // was checked above. A process outside the server truncating it
+            // while mapped is outside what the server can defend against.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ServerError::io("mmap", &path))?;
+            #[cfg(unix)]
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Bytes::from_owner(map)
+        };
+        Ok(PartitionReader {
+            shuffle,
+            partition,
+            path,
+            data,
+            plan,
+            next: 0,
+            counters,
+        })
+    }
+
+    /// Number of blocks in the whole stream.
+    pub fn total_blocks(&self) -> u64 {
+        self.plan.len() as u64
+    }
+
+    /// Stream position of the next block.
+    pub fn position(&self) -> u64 {
+        self.next as u64
+    }
+
+    /// Bytes (headers and payloads) of the whole stream.
+    pub fn total_bytes(&self) -> u64 {
+        self.plan.iter().map(|b| u64::from(b.entry.len)).sum()
+    }
+
+    /// Continues from stream position `index` (for a resumed fetch).
+    pub fn seek(&mut self, index: u64) {
+        self.next = usize::try_from(index).unwrap_or(usize::MAX).min(self.plan.len());
+    }
+
+    /// The next block, verified; `None` at the end.
+    pub fn next_block(&mut self) -> Result<Option<Block>, ServerError> {
+        let Some(planned) = self.plan.get(self.next).copied() else {
+            return Ok(None);
+        };
+        let expected = BlockId {
+            shuffle: self.shuffle,
+            map: planned.map,
+            attempt: planned.attempt,
+            partition: self.partition,
+            seq: planned.seq,
+        };
+        let start = planned.entry.offset as usize;
+        let mut slice = self.data.slice(start..start + planned.entry.len as usize);
+        let block = Block::decode(&mut slice).map_err(|e| self.corrupt(format!("block {expected} at offset {start}: {e}")))?;
+        if block.id() != expected {
+            return Err(self.corrupt(format!("offset {start} holds block {} instead of {expected}", block.id())));
+        }
+        let actual = crc32c::crc32c(&block.payload);
+        if actual != planned.entry.crc || actual != block.header.crc {
+            self.counters.checksum_mismatch();
+            return Err(ServerError::ChecksumMismatch {
+                block: expected,
+                expected: planned.entry.crc,
+                actual,
+                site: ChecksumSite::Stored,
+            });
+        }
+        self.next += 1;
+        Ok(Some(block))
+    }
+
+    fn corrupt(&self, reason: String) -> ServerError {
+        ServerError::CorruptFile {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
