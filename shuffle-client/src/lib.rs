@@ -1,0 +1,27 @@
+//! How engines talk to the shuffle service.
+//!
+//! [`ShuffleClient`] is the one trait an engine needs. It has two layers:
+//!
+//! * records: [`ShuffleClient::open_writer`] gives a [`ShuffleWriter`] that
+//!   batches records per partition into compressed, checksummed blocks, and
+//!   commits them; [`ShuffleClient::open_reader`] gives a [`ShuffleReader`]
+//!   that yields a partition's records;
+//! * blocks: [`ShuffleClient::push_blocks`] and [`ShuffleClient::commit_map`]
+//!   for engines that build blocks themselves.
+//!
+//! Implementations: [`EmbeddedShuffle`] (in process, over the server's
+//! storage library). Every implementation passes the conformance suite in
+//! `tests/conformance`.
+
+mod batching;
+mod client;
+pub mod embedded;
+mod error;
+
+pub use batching::WriterOptions;
+pub use client::{
+    CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter, WriteStats,
+};
+pub use embedded::EmbeddedShuffle;
+pub use error::ClientError;
+pub use protocol;

@@ -1,0 +1,184 @@
+use std::path::PathBuf;
+
+use protocol::{AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec};
+use shuffle_server::{ChecksumSite, ServerError};
+
+/// Every error a [`crate::ShuffleClient`] returns.
+///
+/// Each variant says whether retrying the same call can succeed
+/// ([`ClientError::is_retryable`]) and whether data written so far is lost
+/// ([`ClientError::loses_data`]), so an engine decides by matching.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An argument is invalid (a spec, a manifest, a record too large...).
+    /// Not retryable. No data lost.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(#[source] ProtocolError),
+    /// A partition id is outside the shuffle. Not retryable. No data lost.
+    #[error("{partition} is out of range: the shuffle has {num_partitions} partitions")]
+    PartitionOutOfRange {
+        partition: PartitionId,
+        num_partitions: u32,
+    },
+    /// A map id is outside the shuffle. Not retryable. No data lost.
+    #[error("{map} is out of range: the shuffle has {num_maps} maps")]
+    MapOutOfRange { map: MapId, num_maps: u32 },
+    /// The shuffle is not registered (or was unregistered). Not retryable.
+    /// Its data, if it had any, is gone.
+    #[error("unknown shuffle {shuffle} of app {app}")]
+    UnknownShuffle { app: AppId, shuffle: ShuffleId },
+    /// The shuffle id is taken by a shuffle of another shape. Not
+    /// retryable. No data lost.
+    #[error("shuffle {shuffle} of app {app} already exists as {existing:?}")]
+    ShuffleExists {
+        app: AppId,
+        shuffle: ShuffleId,
+        existing: ShuffleSpec,
+    },
+    /// The implementation does not serve this mode yet. Not retryable. No
+    /// data lost.
+    #[error("shuffle mode {mode} is not supported by this implementation yet")]
+    UnsupportedMode { mode: ShuffleMode },
+    /// A blocking read before every map committed. Retryable once the
+    /// remaining maps commit. No data lost.
+    #[error("shuffle {shuffle} is not sealed yet: {committed} of {num_maps} maps committed")]
+    NotReady {
+        shuffle: ShuffleId,
+        committed: u32,
+        num_maps: u32,
+    },
+    /// Another attempt of the map committed first. Not retryable: this
+    /// attempt lost, its blocks are discarded by design (the winner's are
+    /// served). No committed data lost.
+    #[error("{map} was already committed by {committed}; {attempt} lost")]
+    CommitConflict {
+        map: MapId,
+        committed: AttemptId,
+        attempt: AttemptId,
+    },
+    /// Same as [`ClientError::CommitConflict`], found while pushing.
+    #[error("{map} was committed by {committed}; {attempt} is superseded")]
+    AttemptSuperseded {
+        map: MapId,
+        committed: AttemptId,
+        attempt: AttemptId,
+    },
+    /// A commit named blocks the service never received. Not retryable as
+    /// is: this attempt's output is incomplete, run the map again (a new
+    /// attempt). Data of this attempt is lost; nothing committed is.
+    #[error("{map} {attempt}: block {missing_seq} of {expected} for {partition} never arrived")]
+    MissingBlocks {
+        map: MapId,
+        attempt: AttemptId,
+        partition: PartitionId,
+        expected: u32,
+        missing_seq: u32,
+    },
+    /// The same attempt committed twice with different block counts. Not
+    /// retryable (a bug in the caller). No data lost.
+    #[error("{map} {attempt} was committed before with other block counts")]
+    ManifestMismatch { map: MapId, attempt: AttemptId },
+    /// A block failed its CRC32C, when it was received or read back. Not
+    /// retryable against the same copy: the block's data is lost; re-run the
+    /// map that wrote it.
+    #[error("checksum mismatch in block {block} ({site:?}): expected {expected:#010x}, found {actual:#010x}")]
+    ChecksumMismatch {
+        block: BlockId,
+        expected: u32,
+        actual: u32,
+        site: ChecksumSite,
+    },
+    /// Stored data does not match its index (truncated or overwritten file,
+    /// undecodable block). Not retryable; the partition's data is lost.
+    #[error("corrupt data ({location}): {reason}")]
+    Corrupt { location: String, reason: String },
+    /// A file-system or transport failure. Retryable: the operation is
+    /// idempotent. No committed data lost.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// True when repeating the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::NotReady { .. } | ClientError::Io { .. })
+    }
+
+    /// True when data already written cannot be read back as it was, and
+    /// the producing map must run again.
+    pub fn loses_data(&self) -> bool {
+        matches!(
+            self,
+            ClientError::ChecksumMismatch { .. } | ClientError::Corrupt { .. } | ClientError::MissingBlocks { .. }
+        )
+    }
+}
+
+impl From<ProtocolError> for ClientError {
+    fn from(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::ChecksumMismatch { block, expected, actual } => ClientError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+                site: ChecksumSite::Stored,
+            },
+            ProtocolError::Decompress { block, reason } => ClientError::Corrupt {
+                location: block.to_string(),
+                reason,
+            },
+            other => ClientError::InvalidArgument(other),
+        }
+    }
+}
+
+impl From<ServerError> for ClientError {
+    fn from(e: ServerError) -> Self {
+        match e {
+            ServerError::UnknownShuffle { app, shuffle } => ClientError::UnknownShuffle { app, shuffle },
+            ServerError::ShuffleExists { app, shuffle, existing } => {
+                ClientError::ShuffleExists { app, shuffle, existing }
+            }
+            ServerError::UnsupportedMode { mode } => ClientError::UnsupportedMode { mode },
+            ServerError::PartitionOutOfRange { partition, num_partitions } => {
+                ClientError::PartitionOutOfRange { partition, num_partitions }
+            }
+            ServerError::MapOutOfRange { map, num_maps } => ClientError::MapOutOfRange { map, num_maps },
+            ServerError::WrongShuffle { block, shuffle } => ClientError::InvalidArgument(ProtocolError::Malformed {
+                what: "block",
+                reason: format!("block {block} pushed to {shuffle}"),
+            }),
+            ServerError::ChecksumMismatch { block, expected, actual, site } => {
+                ClientError::ChecksumMismatch { block, expected, actual, site }
+            }
+            ServerError::CommitConflict { map, committed, attempt } => {
+                ClientError::CommitConflict { map, committed, attempt }
+            }
+            ServerError::AttemptSuperseded { map, committed, attempt } => {
+                ClientError::AttemptSuperseded { map, committed, attempt }
+            }
+            ServerError::ManifestMismatch { map, attempt } => ClientError::ManifestMismatch { map, attempt },
+            ServerError::MissingBlocks { map, attempt, partition, expected, missing_seq } => {
+                ClientError::MissingBlocks { map, attempt, partition, expected, missing_seq }
+            }
+            ServerError::NotSealed { shuffle, committed, num_maps, .. } => {
+                ClientError::NotReady { shuffle, committed, num_maps }
+            }
+            ServerError::CorruptFile { path, reason } => ClientError::Corrupt {
+                location: path.display().to_string(),
+                reason,
+            },
+            ServerError::Protocol(p) => p.into(),
+            ServerError::InvalidConfig { field, reason } => ClientError::InvalidArgument(ProtocolError::Malformed {
+                what: field,
+                reason,
+            }),
+            ServerError::Io { op, path, source } => ClientError::Io { op, path, source },
+        }
+    }
+}
