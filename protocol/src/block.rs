@@ -179,12 +179,7 @@ impl Block {
     /// Builds a block from a raw payload of `record_count` framed records.
     /// With `compress`, the payload is LZ4-compressed when that shrinks it;
     /// otherwise (or when it does not shrink) it is stored raw.
-    pub fn seal(
-        id: BlockId,
-        raw: Vec<u8>,
-        record_count: u32,
-        compress: bool,
-    ) -> Result<Self, ProtocolError> {
+    pub fn seal(id: BlockId, raw: Vec<u8>, record_count: u32, compress: bool) -> Result<Self, ProtocolError> {
         if raw.len() > MAX_BLOCK_RAW_LEN as usize {
             return Err(ProtocolError::OutOfRange {
                 what: "block raw length",

@@ -401,32 +401,58 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
-        let blocks = proptest::collection::vec((0u32..4, 0u32..8, any::<u32>(), 0usize..300), 0..6)
-            .prop_map(|v| v.into_iter().map(|(m, p, s, l)| block(m, p, s, l)).collect::<Vec<_>>());
+        let blocks =
+            proptest::collection::vec((0u32..4, 0u32..8, any::<u32>(), 0usize..300), 0..6).prop_map(|v| {
+                v.into_iter()
+                    .map(|(m, p, s, l)| block(m, p, s, l))
+                    .collect::<Vec<_>>()
+            });
         prop_oneof![
             any::<u16>().prop_map(|v| Frame::Hello(Hello { protocol_version: v })),
             (any::<u64>(), any::<u32>(), blocks.clone()).prop_map(|(r, s, blocks)| {
-                Frame::PushBlocks(PushBlocks { request_id: r, app: app(), shuffle: ShuffleId(s), blocks })
-            }),
-            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, s, d)| {
-                Frame::PushAck(PushAck { request_id: r, stored: s, duplicates: d })
-            }),
-            (any::<u64>(), any::<u32>(), 0u32..100, 0u32..100, any::<u64>()).prop_map(|(r, p, a, b, resume)| {
-                Frame::Fetch(FetchRequest {
+                Frame::PushBlocks(PushBlocks {
                     request_id: r,
                     app: app(),
-                    shuffle: ShuffleId(1),
-                    partition: PartitionId(p),
-                    maps: MapRange::new(MapId(a.min(b)), MapId(a.max(b))).expect("ordered"),
-                    resume_from: resume,
+                    shuffle: ShuffleId(s),
+                    blocks,
                 })
             }),
-            (any::<u64>(), any::<u64>(), blocks).prop_map(|(r, f, blocks)| {
-                Frame::FetchBlocks(FetchBlocks { request_id: r, first_index: f, blocks })
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, s, d)| {
+                Frame::PushAck(PushAck {
+                    request_id: r,
+                    stored: s,
+                    duplicates: d,
+                })
             }),
-            (any::<u64>(), any::<u64>()).prop_map(|(r, t)| Frame::FetchEnd(FetchEnd { request_id: r, total_blocks: t })),
+            (any::<u64>(), any::<u32>(), 0u32..100, 0u32..100, any::<u64>()).prop_map(
+                |(r, p, a, b, resume)| {
+                    Frame::Fetch(FetchRequest {
+                        request_id: r,
+                        app: app(),
+                        shuffle: ShuffleId(1),
+                        partition: PartitionId(p),
+                        maps: MapRange::new(MapId(a.min(b)), MapId(a.max(b))).expect("ordered"),
+                        resume_from: resume,
+                    })
+                }
+            ),
+            (any::<u64>(), any::<u64>(), blocks).prop_map(|(r, f, blocks)| {
+                Frame::FetchBlocks(FetchBlocks {
+                    request_id: r,
+                    first_index: f,
+                    blocks,
+                })
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(r, t)| Frame::FetchEnd(FetchEnd {
+                request_id: r,
+                total_blocks: t
+            })),
             (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(r, c, m)| {
-                Frame::Error(ErrorFrame { request_id: r, code: ErrorCode::from_code(c), message: m })
+                Frame::Error(ErrorFrame {
+                    request_id: r,
+                    code: ErrorCode::from_code(c),
+                    message: m,
+                })
             }),
         ]
     }
@@ -475,7 +501,9 @@ mod tests {
         src.put_u32_le(u32::MAX);
         src.put_u8(TAG_HELLO);
         let cap = src.capacity();
-        assert!(matches!(codec.decode(&mut src), Err(ProtocolError::FrameTooLarge { len, .. }) if len == u64::from(u32::MAX)));
+        assert!(
+            matches!(codec.decode(&mut src), Err(ProtocolError::FrameTooLarge { len, .. }) if len == u64::from(u32::MAX))
+        );
         assert_eq!(src.capacity(), cap);
     }
 
@@ -495,11 +523,20 @@ mod tests {
     fn unknown_tags_zero_lengths_and_trailing_bytes_are_errors() {
         let codec = FrameCodec::default();
         let mut src = BytesMut::from(&[1u8, 0, 0, 0, 0xee][..]);
-        assert_eq!(codec.decode(&mut src), Err(ProtocolError::UnknownFrameType { tag: 0xee }));
+        assert_eq!(
+            codec.decode(&mut src),
+            Err(ProtocolError::UnknownFrameType { tag: 0xee })
+        );
         let mut src = BytesMut::from(&[0u8, 0, 0, 0][..]);
-        assert!(matches!(codec.decode(&mut src), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(ProtocolError::Malformed { .. })
+        ));
         let mut src = BytesMut::from(&[4u8, 0, 0, 0, TAG_HELLO, 1, 0, 9][..]);
-        assert!(matches!(codec.decode(&mut src), Err(ProtocolError::TrailingBytes { count: 1, .. })));
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(ProtocolError::TrailingBytes { count: 1, .. })
+        ));
     }
 
     #[test]
@@ -525,7 +562,10 @@ mod tests {
             blocks: vec![block(0, 0, 1, 500)],
         });
         let mut dst = BytesMut::from(&b"keep"[..]);
-        assert!(matches!(codec.encode(&frame, &mut dst), Err(ProtocolError::FrameTooLarge { .. })));
+        assert!(matches!(
+            codec.encode(&frame, &mut dst),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
         assert_eq!(&dst[..], b"keep");
     }
 }

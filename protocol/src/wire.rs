@@ -83,8 +83,7 @@ pub(crate) fn varint(buf: &mut impl Buf, what: &'static str) -> Result<u32, Prot
         let byte = u8(buf, what)?;
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return u32::try_from(value)
-                .map_err(|_| ProtocolError::malformed(what, "varint overflows u32"));
+            return u32::try_from(value).map_err(|_| ProtocolError::malformed(what, "varint overflows u32"));
         }
     }
     Err(ProtocolError::malformed(what, "varint longer than 5 bytes"))

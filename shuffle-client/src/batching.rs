@@ -75,7 +75,12 @@ impl Batcher {
     }
 
     /// Buffers one record; sealed blocks are appended to `ready`.
-    pub(crate) fn write(&mut self, partition: PartitionId, record: &[u8], ready: &mut Vec<Block>) -> Result<(), ClientError> {
+    pub(crate) fn write(
+        &mut self,
+        partition: PartitionId,
+        record: &[u8],
+        ready: &mut Vec<Block>,
+    ) -> Result<(), ClientError> {
         let num_partitions = self.buffers.len() as u32;
         let Some(buf) = self.buffers.get_mut(partition.index()) else {
             return Err(ClientError::PartitionOutOfRange {
@@ -192,7 +197,10 @@ mod tests {
         }
         // 20 framed bytes per record: a block every 5 records.
         assert_eq!(ready.len(), 5);
-        assert!(ready.iter().enumerate().all(|(i, blk)| blk.id().seq == i as u32 && blk.header.record_count == 5));
+        assert!(ready
+            .iter()
+            .enumerate()
+            .all(|(i, blk)| blk.id().seq == i as u32 && blk.header.record_count == 5));
         b.write(PartitionId(0), b"x", &mut ready).expect("write");
         b.finish(&mut ready).expect("finish");
         assert_eq!(b.manifest(), CommitManifest::from_dense(&[1, 5]));
@@ -203,7 +211,8 @@ mod tests {
         let mut b = batcher(1000, 1 << 20, 10_000);
         let mut ready = Vec::new();
         for i in 0..5000u32 {
-            b.write(PartitionId(i % 1000), &[1u8; 20], &mut ready).expect("write");
+            b.write(PartitionId(i % 1000), &[1u8; 20], &mut ready)
+                .expect("write");
             assert!(b.buffered <= 10_000 + 21);
         }
         b.finish(&mut ready).expect("finish");
@@ -218,9 +227,15 @@ mod tests {
         let mut ready = Vec::new();
         assert!(matches!(
             b.write(PartitionId(2), b"x", &mut ready),
-            Err(ClientError::PartitionOutOfRange { num_partitions: 2, .. })
+            Err(ClientError::PartitionOutOfRange {
+                num_partitions: 2,
+                ..
+            })
         ));
         let huge = vec![0u8; MAX_BLOCK_RAW_LEN as usize];
-        assert!(matches!(b.write(PartitionId(0), &huge, &mut ready), Err(ClientError::InvalidArgument(_))));
+        assert!(matches!(
+            b.write(PartitionId(0), &huge, &mut ready),
+            Err(ClientError::InvalidArgument(_))
+        ));
     }
 }

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use bytes::Bytes;
 use protocol::records::RecordIter;
-use protocol::{AppId, AttemptId, Block, BlockId, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, Block, BlockId, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+};
 
 use crate::{ClientError, WriterOptions};
 
@@ -58,6 +60,18 @@ pub struct PushAck {
 pub struct CommitAck {
     /// Every map of the shuffle has committed: blocking readers may open.
     pub sealed: bool,
+}
+
+/// The state of a shuffle, from [`ShuffleClient::shuffle_status`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShuffleStatus {
+    pub committed_maps: u32,
+    pub num_maps: u32,
+    /// Every map has committed.
+    pub sealed: bool,
+    /// Bytes the service holds on disk for the shuffle, every attempt
+    /// included.
+    pub stored_bytes: u64,
 }
 
 /// What a writer produced, returned by [`ShuffleWriter::commit`].
@@ -182,8 +196,17 @@ pub trait ShuffleClient: Send + Sync + 'static {
         maps: MapRange,
     ) -> impl Future<Output = Result<Self::Reader, ClientError>> + Send;
 
+    /// Commits so far, seal, and bytes stored.
+    fn shuffle_status(
+        &self,
+        handle: &ShuffleHandle,
+    ) -> impl Future<Output = Result<ShuffleStatus, ClientError>> + Send;
+
     /// Deletes a shuffle and its data.
-    fn unregister_shuffle(&self, handle: &ShuffleHandle) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn unregister_shuffle(
+        &self,
+        handle: &ShuffleHandle,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
 
     /// Deletes every shuffle of an application and its data.
     fn unregister_app(&self, app: &AppId) -> impl Future<Output = Result<(), ClientError>> + Send;
@@ -193,7 +216,11 @@ pub trait ShuffleClient: Send + Sync + 'static {
 /// committing abandons the attempt: its blocks are never served.
 pub trait ShuffleWriter: Send {
     /// Adds one record to `partition`.
-    fn write(&mut self, partition: PartitionId, record: &[u8]) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn write(
+        &mut self,
+        partition: PartitionId,
+        record: &[u8],
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
 
     /// Pushes what is buffered and commits the attempt.
     fn commit(self) -> impl Future<Output = Result<WriteStats, ClientError>> + Send;

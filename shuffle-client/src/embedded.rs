@@ -9,13 +9,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use protocol::{AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+};
 use shuffle_server::storage::{PartitionReader, Store, StoreConfig, StoreStats};
 
 use crate::batching::Batcher;
 use crate::{
-    ClientError, CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter,
-    WriteStats, WriterOptions,
+    ClientError, CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
+    ShuffleStatus, ShuffleWriter, WriteStats, WriterOptions,
 };
 
 /// The in-process shuffle service. Clone it freely: clones share one store.
@@ -53,7 +55,12 @@ impl ShuffleClient for EmbeddedShuffle {
     type Writer = EmbeddedWriter;
     type Reader = EmbeddedReader;
 
-    async fn register_shuffle(&self, app: &AppId, shuffle: ShuffleId, spec: ShuffleSpec) -> Result<ShuffleHandle, ClientError> {
+    async fn register_shuffle(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        spec: ShuffleSpec,
+    ) -> Result<ShuffleHandle, ClientError> {
         self.store.register_shuffle(app, shuffle, spec)?;
         Ok(ShuffleHandle::new(app.clone(), shuffle, spec))
     }
@@ -75,7 +82,13 @@ impl ShuffleClient for EmbeddedShuffle {
         Ok(EmbeddedWriter {
             store: self.store.clone(),
             handle: handle.clone(),
-            batcher: Batcher::new(handle.shuffle(), map, attempt, handle.spec().num_partitions(), options),
+            batcher: Batcher::new(
+                handle.shuffle(),
+                map,
+                attempt,
+                handle.spec().num_partitions(),
+                options,
+            ),
             ready: Vec::new(),
         })
     }
@@ -95,7 +108,9 @@ impl ShuffleClient for EmbeddedShuffle {
         attempt: AttemptId,
         manifest: CommitManifest,
     ) -> Result<CommitAck, ClientError> {
-        let out = self.store.commit(handle.app(), handle.shuffle(), map, attempt, manifest)?;
+        let out = self
+            .store
+            .commit(handle.app(), handle.shuffle(), map, attempt, manifest)?;
         Ok(CommitAck { sealed: out.sealed })
     }
 
@@ -109,6 +124,16 @@ impl ShuffleClient for EmbeddedShuffle {
         Ok(EmbeddedReader {
             inner,
             stats: ReadStats::default(),
+        })
+    }
+
+    async fn shuffle_status(&self, handle: &ShuffleHandle) -> Result<ShuffleStatus, ClientError> {
+        let s = self.store.status(handle.app(), handle.shuffle())?;
+        Ok(ShuffleStatus {
+            committed_maps: s.committed_maps,
+            num_maps: s.spec.num_maps(),
+            sealed: s.sealed,
+            stored_bytes: s.stored_bytes,
         })
     }
 
@@ -133,7 +158,8 @@ pub struct EmbeddedWriter {
 impl EmbeddedWriter {
     fn push_ready(&mut self) -> Result<(), ClientError> {
         if !self.ready.is_empty() {
-            self.store.push(self.handle.app(), self.handle.shuffle(), &self.ready)?;
+            self.store
+                .push(self.handle.app(), self.handle.shuffle(), &self.ready)?;
             self.ready.clear();
         }
         Ok(())
@@ -150,8 +176,13 @@ impl ShuffleWriter for EmbeddedWriter {
         self.batcher.finish(&mut self.ready)?;
         self.push_ready()?;
         let (map, attempt) = (self.batcher.map(), self.batcher.attempt());
-        self.store
-            .commit(self.handle.app(), self.handle.shuffle(), map, attempt, self.batcher.manifest())?;
+        self.store.commit(
+            self.handle.app(),
+            self.handle.shuffle(),
+            map,
+            attempt,
+            self.batcher.manifest(),
+        )?;
         Ok(self.batcher.stats())
     }
 }

@@ -1,6 +1,8 @@
 use std::path::PathBuf;
 
-use protocol::{AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec,
+};
 use shuffle_server::{ChecksumSite, ServerError};
 
 /// Every error a [`crate::ShuffleClient`] returns.
@@ -81,7 +83,9 @@ pub enum ClientError {
     /// A block failed its CRC32C, when it was received or read back. Not
     /// retryable against the same copy: the block's data is lost; re-run the
     /// map that wrote it.
-    #[error("checksum mismatch in block {block} ({site:?}): expected {expected:#010x}, found {actual:#010x}")]
+    #[error(
+        "checksum mismatch in block {block} ({site:?}): expected {expected:#010x}, found {actual:#010x}"
+    )]
     ChecksumMismatch {
         block: BlockId,
         expected: u32,
@@ -114,7 +118,9 @@ impl ClientError {
     pub fn loses_data(&self) -> bool {
         matches!(
             self,
-            ClientError::ChecksumMismatch { .. } | ClientError::Corrupt { .. } | ClientError::MissingBlocks { .. }
+            ClientError::ChecksumMismatch { .. }
+                | ClientError::Corrupt { .. }
+                | ClientError::MissingBlocks { .. }
         )
     }
 }
@@ -122,7 +128,11 @@ impl ClientError {
 impl From<ProtocolError> for ClientError {
     fn from(e: ProtocolError) -> Self {
         match e {
-            ProtocolError::ChecksumMismatch { block, expected, actual } => ClientError::ChecksumMismatch {
+            ProtocolError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+            } => ClientError::ChecksumMismatch {
                 block,
                 expected,
                 actual,
@@ -141,43 +151,91 @@ impl From<ServerError> for ClientError {
     fn from(e: ServerError) -> Self {
         match e {
             ServerError::UnknownShuffle { app, shuffle } => ClientError::UnknownShuffle { app, shuffle },
-            ServerError::ShuffleExists { app, shuffle, existing } => {
-                ClientError::ShuffleExists { app, shuffle, existing }
-            }
+            ServerError::ShuffleExists {
+                app,
+                shuffle,
+                existing,
+            } => ClientError::ShuffleExists {
+                app,
+                shuffle,
+                existing,
+            },
             ServerError::UnsupportedMode { mode } => ClientError::UnsupportedMode { mode },
-            ServerError::PartitionOutOfRange { partition, num_partitions } => {
-                ClientError::PartitionOutOfRange { partition, num_partitions }
-            }
+            ServerError::PartitionOutOfRange {
+                partition,
+                num_partitions,
+            } => ClientError::PartitionOutOfRange {
+                partition,
+                num_partitions,
+            },
             ServerError::MapOutOfRange { map, num_maps } => ClientError::MapOutOfRange { map, num_maps },
-            ServerError::WrongShuffle { block, shuffle } => ClientError::InvalidArgument(ProtocolError::Malformed {
-                what: "block",
-                reason: format!("block {block} pushed to {shuffle}"),
-            }),
-            ServerError::ChecksumMismatch { block, expected, actual, site } => {
-                ClientError::ChecksumMismatch { block, expected, actual, site }
+            ServerError::WrongShuffle { block, shuffle } => {
+                ClientError::InvalidArgument(ProtocolError::Malformed {
+                    what: "block",
+                    reason: format!("block {block} pushed to {shuffle}"),
+                })
             }
-            ServerError::CommitConflict { map, committed, attempt } => {
-                ClientError::CommitConflict { map, committed, attempt }
-            }
-            ServerError::AttemptSuperseded { map, committed, attempt } => {
-                ClientError::AttemptSuperseded { map, committed, attempt }
-            }
+            ServerError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+                site,
+            } => ClientError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+                site,
+            },
+            ServerError::CommitConflict {
+                map,
+                committed,
+                attempt,
+            } => ClientError::CommitConflict {
+                map,
+                committed,
+                attempt,
+            },
+            ServerError::AttemptSuperseded {
+                map,
+                committed,
+                attempt,
+            } => ClientError::AttemptSuperseded {
+                map,
+                committed,
+                attempt,
+            },
             ServerError::ManifestMismatch { map, attempt } => ClientError::ManifestMismatch { map, attempt },
-            ServerError::MissingBlocks { map, attempt, partition, expected, missing_seq } => {
-                ClientError::MissingBlocks { map, attempt, partition, expected, missing_seq }
-            }
-            ServerError::NotSealed { shuffle, committed, num_maps, .. } => {
-                ClientError::NotReady { shuffle, committed, num_maps }
-            }
+            ServerError::MissingBlocks {
+                map,
+                attempt,
+                partition,
+                expected,
+                missing_seq,
+            } => ClientError::MissingBlocks {
+                map,
+                attempt,
+                partition,
+                expected,
+                missing_seq,
+            },
+            ServerError::NotSealed {
+                shuffle,
+                committed,
+                num_maps,
+                ..
+            } => ClientError::NotReady {
+                shuffle,
+                committed,
+                num_maps,
+            },
             ServerError::CorruptFile { path, reason } => ClientError::Corrupt {
                 location: path.display().to_string(),
                 reason,
             },
             ServerError::Protocol(p) => p.into(),
-            ServerError::InvalidConfig { field, reason } => ClientError::InvalidArgument(ProtocolError::Malformed {
-                what: field,
-                reason,
-            }),
+            ServerError::InvalidConfig { field, reason } => {
+                ClientError::InvalidArgument(ProtocolError::Malformed { what: field, reason })
+            }
             ServerError::Io { op, path, source } => ClientError::Io { op, path, source },
         }
     }

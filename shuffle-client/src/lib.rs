@@ -20,7 +20,8 @@ mod error;
 
 pub use batching::WriterOptions;
 pub use client::{
-    CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter, WriteStats,
+    CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleStatus,
+    ShuffleWriter, WriteStats,
 };
 pub use embedded::EmbeddedShuffle;
 pub use error::ClientError;

@@ -1,7 +1,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use protocol::{AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec,
+};
 
 /// Where a checksum mismatch was found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -43,7 +45,9 @@ pub enum ServerError {
     #[error("block {block} was pushed to {shuffle}")]
     WrongShuffle { block: BlockId, shuffle: ShuffleId },
     /// Data failed its CRC32C.
-    #[error("checksum mismatch ({site:?}) in block {block}: expected {expected:#010x}, found {actual:#010x}")]
+    #[error(
+        "checksum mismatch ({site:?}) in block {block}: expected {expected:#010x}, found {actual:#010x}"
+    )]
     ChecksumMismatch {
         block: BlockId,
         expected: u32,

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use protocol::{
-    records, AppId, AttemptId, Block, BlockId, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode,
-    ShuffleSpec,
+    records, AppId, AttemptId, Block, BlockId, CommitManifest, MapId, MapRange, PartitionId, ShuffleId,
+    ShuffleMode, ShuffleSpec,
 };
-use shuffle_client::{ClientError, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter, WriterOptions};
+use shuffle_client::{
+    ClientError, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter, WriterOptions,
+};
 
 /// What the suite needs from an implementation under test.
 pub trait Harness: Send + Sync {
@@ -83,13 +85,17 @@ async fn write_map<C: ShuffleClient>(
     commit: bool,
     options: WriterOptions,
 ) -> Result<Option<C::Writer>> {
-    let mut writer = client.open_writer(handle, MapId(map), AttemptId(attempt), options).await?;
+    let mut writer = client
+        .open_writer(handle, MapId(map), AttemptId(attempt), options)
+        .await?;
     let most = per_partition.iter().copied().max().unwrap_or(0);
     // Interleave partitions, as a real map task does.
     for i in 0..most {
         for (p, n) in per_partition.iter().enumerate() {
             if i < *n {
-                writer.write(PartitionId(p as u32), &record(map, attempt, p as u32, i)).await?;
+                writer
+                    .write(PartitionId(p as u32), &record(map, attempt, p as u32, i))
+                    .await?;
             }
         }
     }
@@ -118,7 +124,11 @@ async fn read_partition<C: ShuffleClient>(
 }
 
 fn ensure_stats<R: ShuffleReader>(reader: &R, records: usize) {
-    assert_eq!(reader.stats().records, records as u64, "reader stats count every record");
+    assert_eq!(
+        reader.stats().records,
+        records as u64,
+        "reader stats count every record"
+    );
 }
 
 /// What a reader must see: each map's winning attempt, in map order, each
@@ -126,7 +136,9 @@ fn ensure_stats<R: ShuffleReader>(reader: &R, records: usize) {
 fn expected(winners: &[(u32, u32)], per_partition: &[u32], partition: u32) -> Vec<Vec<u8>> {
     winners
         .iter()
-        .flat_map(|&(map, attempt)| (0..per_partition[partition as usize]).map(move |i| record(map, attempt, partition, i)))
+        .flat_map(|&(map, attempt)| {
+            (0..per_partition[partition as usize]).map(move |i| record(map, attempt, partition, i))
+        })
         .collect()
 }
 
@@ -140,7 +152,9 @@ fn opts() -> WriterOptions {
 
 pub async fn round_trip_in_map_then_write_order<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("roundtrip"), ShuffleId(1), blocking(3, 4)).await?;
+    let handle = c
+        .register_shuffle(&app("roundtrip"), ShuffleId(1), blocking(3, 4))
+        .await?;
     let counts = [10, 0, 3, 25];
     // Maps commit out of order.
     for map in [2, 0, 1] {
@@ -148,7 +162,10 @@ pub async fn round_trip_in_map_then_write_order<H: Harness>(h: &H) -> Result<()>
     }
     for p in 0..4 {
         let got = read_partition(c, &handle, p, handle.all_maps()).await?;
-        ensure!(got == expected(&[(0, 0), (1, 0), (2, 0)], &counts, p), "partition {p} differs");
+        ensure!(
+            got == expected(&[(0, 0), (1, 0), (2, 0)], &counts, p),
+            "partition {p} differs"
+        );
     }
     c.unregister_shuffle(&handle).await?;
     Ok(())
@@ -171,17 +188,47 @@ fn block_of(map: u32, attempt: u32, partition: u32, seq: u32, recs: std::ops::Ra
 
 pub async fn duplicate_pushes_are_served_once<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("dups"), ShuffleId(2), blocking(1, 2)).await?;
-    let blocks = vec![block_of(0, 0, 0, 0, 0..3), block_of(0, 0, 0, 1, 3..5), block_of(0, 0, 1, 0, 0..2)];
+    let handle = c
+        .register_shuffle(&app("dups"), ShuffleId(2), blocking(1, 2))
+        .await?;
+    let blocks = [
+        block_of(0, 0, 0, 0, 0..3),
+        block_of(0, 0, 0, 1, 3..5),
+        block_of(0, 0, 1, 0, 0..2),
+    ];
     let first = c.push_blocks(&handle, blocks[..2].to_vec()).await?;
-    ensure!(first.stored == 2 && first.duplicates == 0, "first push: {first:?}");
+    ensure!(
+        first.stored == 2 && first.duplicates == 0,
+        "first push: {first:?}"
+    );
     // A retried push overlapping the first, out of order.
-    let retry = c.push_blocks(&handle, vec![blocks[2].clone(), blocks[1].clone(), blocks[0].clone()]).await?;
-    ensure!(retry.stored == 1 && retry.duplicates == 2, "retried push: {retry:?}");
-    let ack = c.commit_map(&handle, MapId(0), AttemptId(0), CommitManifest::from_dense(&[2, 1])).await?;
+    let retry = c
+        .push_blocks(
+            &handle,
+            vec![blocks[2].clone(), blocks[1].clone(), blocks[0].clone()],
+        )
+        .await?;
+    ensure!(
+        retry.stored == 1 && retry.duplicates == 2,
+        "retried push: {retry:?}"
+    );
+    let ack = c
+        .commit_map(
+            &handle,
+            MapId(0),
+            AttemptId(0),
+            CommitManifest::from_dense(&[2, 1]),
+        )
+        .await?;
     ensure!(ack.sealed, "the only map's commit seals");
     // A retried commit of the same attempt is harmless.
-    c.commit_map(&handle, MapId(0), AttemptId(0), CommitManifest::from_dense(&[2, 1])).await?;
+    c.commit_map(
+        &handle,
+        MapId(0),
+        AttemptId(0),
+        CommitManifest::from_dense(&[2, 1]),
+    )
+    .await?;
     ensure!(read_partition(c, &handle, 0, handle.all_maps()).await? == expected(&[(0, 0)], &[5, 2], 0));
     ensure!(read_partition(c, &handle, 1, handle.all_maps()).await? == expected(&[(0, 0)], &[5, 2], 1));
     Ok(())
@@ -189,29 +236,58 @@ pub async fn duplicate_pushes_are_served_once<H: Harness>(h: &H) -> Result<()> {
 
 pub async fn a_retried_attempt_replaces_the_failed_one<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("retry"), ShuffleId(3), blocking(2, 3)).await?;
+    let handle = c
+        .register_shuffle(&app("retry"), ShuffleId(3), blocking(2, 3))
+        .await?;
     let counts = [20, 7, 13];
     // Attempt 0 of map 1 pushes blocks, then dies without committing.
-    let dead = write_map(c, &handle, 1, 0, &counts, false, WriterOptions { buffer_limit: 32, ..opts() }).await?;
+    let dead = write_map(
+        c,
+        &handle,
+        1,
+        0,
+        &counts,
+        false,
+        WriterOptions {
+            buffer_limit: 32,
+            ..opts()
+        },
+    )
+    .await?;
     drop(dead);
     write_map(c, &handle, 0, 0, &counts, true, opts()).await?;
     write_map(c, &handle, 1, 1, &counts, true, opts()).await?;
     for p in 0..3 {
         let got = read_partition(c, &handle, p, handle.all_maps()).await?;
-        ensure!(got == expected(&[(0, 0), (1, 1)], &counts, p), "partition {p} serves the failed attempt");
+        ensure!(
+            got == expected(&[(0, 0), (1, 1)], &counts, p),
+            "partition {p} serves the failed attempt"
+        );
     }
     Ok(())
 }
 
 pub async fn speculative_attempts_are_served_once<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("speculative"), ShuffleId(4), blocking(1, 2)).await?;
+    let handle = c
+        .register_shuffle(&app("speculative"), ShuffleId(4), blocking(1, 2))
+        .await?;
     let counts = [9, 4];
-    let slow = write_map(c, &handle, 0, 0, &counts, false, opts()).await?.context("writer")?;
+    let slow = write_map(c, &handle, 0, 0, &counts, false, opts())
+        .await?
+        .context("writer")?;
     write_map(c, &handle, 0, 1, &counts, true, opts()).await?;
     match slow.commit().await {
-        Err(ClientError::CommitConflict { committed: AttemptId(1), attempt: AttemptId(0), .. })
-        | Err(ClientError::AttemptSuperseded { committed: AttemptId(1), attempt: AttemptId(0), .. }) => {}
+        Err(ClientError::CommitConflict {
+            committed: AttemptId(1),
+            attempt: AttemptId(0),
+            ..
+        })
+        | Err(ClientError::AttemptSuperseded {
+            committed: AttemptId(1),
+            attempt: AttemptId(0),
+            ..
+        }) => {}
         other => bail!("the losing attempt must be refused, got {other:?}"),
     }
     for p in 0..2 {
@@ -222,24 +298,57 @@ pub async fn speculative_attempts_are_served_once<H: Harness>(h: &H) -> Result<(
 
 pub async fn seal_gates_blocking_readers<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("seal"), ShuffleId(5), blocking(2, 1)).await?;
+    let handle = c
+        .register_shuffle(&app("seal"), ShuffleId(5), blocking(2, 1))
+        .await?;
     write_map(c, &handle, 0, 0, &[5], true, opts()).await?;
     match c.open_reader(&handle, PartitionId(0), handle.all_maps()).await {
-        Err(e @ ClientError::NotReady { committed: 1, num_maps: 2, .. }) => ensure!(e.is_retryable()),
-        other => bail!("a read before the seal must be NotReady, got {:?}", other.map(|_| ())),
+        Err(
+            e @ ClientError::NotReady {
+                committed: 1,
+                num_maps: 2,
+                ..
+            },
+        ) => ensure!(e.is_retryable()),
+        other => bail!(
+            "a read before the seal must be NotReady, got {:?}",
+            other.map(|_| ())
+        ),
     }
+    let status = c.shuffle_status(&handle).await?;
+    ensure!(
+        status.committed_maps == 1 && status.num_maps == 2 && !status.sealed,
+        "{status:?}"
+    );
     write_map(c, &handle, 1, 0, &[5], true, opts()).await?;
+    let status = c.shuffle_status(&handle).await?;
+    ensure!(status.sealed && status.stored_bytes > 0, "{status:?}");
     ensure!(read_partition(c, &handle, 0, handle.all_maps()).await?.len() == 10);
     Ok(())
 }
 
 pub async fn a_commit_naming_lost_blocks_is_refused<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("lost"), ShuffleId(2), blocking(1, 1)).await?;
+    let handle = c
+        .register_shuffle(&app("lost"), ShuffleId(2), blocking(1, 1))
+        .await?;
     // Block 1 of 3 was lost in transit.
-    c.push_blocks(&handle, vec![block_of(0, 0, 0, 0, 0..1), block_of(0, 0, 0, 2, 2..3)]).await?;
-    match c.commit_map(&handle, MapId(0), AttemptId(0), CommitManifest::from_dense(&[3])).await {
-        Err(e @ ClientError::MissingBlocks { missing_seq: 1, expected: 3, .. }) => ensure!(e.loses_data()),
+    c.push_blocks(
+        &handle,
+        vec![block_of(0, 0, 0, 0, 0..1), block_of(0, 0, 0, 2, 2..3)],
+    )
+    .await?;
+    match c
+        .commit_map(&handle, MapId(0), AttemptId(0), CommitManifest::from_dense(&[3]))
+        .await
+    {
+        Err(
+            e @ ClientError::MissingBlocks {
+                missing_seq: 1,
+                expected: 3,
+                ..
+            },
+        ) => ensure!(e.loses_data()),
         other => bail!("expected MissingBlocks, got {other:?}"),
     }
     ensure!(matches!(
@@ -265,12 +374,17 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn data_files_of<H: Harness>(h: &H, app: &str) -> Vec<PathBuf> {
-    h.data_dirs().iter().flat_map(|d| files_below(&d.join(app))).collect()
+    h.data_dirs()
+        .iter()
+        .flat_map(|d| files_below(&d.join(app)))
+        .collect()
 }
 
 pub async fn corruption_on_disk_is_a_checksum_mismatch<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("corrupt"), ShuffleId(6), blocking(1, 1)).await?;
+    let handle = c
+        .register_shuffle(&app("corrupt"), ShuffleId(6), blocking(1, 1))
+        .await?;
     write_map(c, &handle, 0, 0, &[40], true, opts()).await?;
     let files = data_files_of(h, "corrupt");
     ensure!(files.len() == 1, "one partition file expected, found {files:?}");
@@ -282,7 +396,10 @@ pub async fn corruption_on_disk_is_a_checksum_mismatch<H: Harness>(h: &H) -> Res
     match read_partition(c, &handle, 0, handle.all_maps()).await {
         Err(e @ ClientError::ChecksumMismatch { block, .. }) => {
             ensure!(e.loses_data());
-            ensure!(block.map == MapId(0) && block.partition == PartitionId(0) && block.seq > 0, "{block}");
+            ensure!(
+                block.map == MapId(0) && block.partition == PartitionId(0) && block.seq > 0,
+                "{block}"
+            );
         }
         other => bail!("expected a checksum mismatch, got {:?}", other.map(|r| r.len())),
     }
@@ -298,13 +415,19 @@ pub async fn unregister_deletes_the_data<H: Harness>(h: &H) -> Result<()> {
     write_map(c, &two, 0, 0, &[3; 8], true, opts()).await?;
     ensure!(data_files_of(h, "unregister").len() == 16);
     c.unregister_shuffle(&one).await?;
-    ensure!(data_files_of(h, "unregister").len() == 8, "shuffle 1's files remain");
+    ensure!(
+        data_files_of(h, "unregister").len() == 8,
+        "shuffle 1's files remain"
+    );
     ensure!(matches!(
         c.open_reader(&one, PartitionId(0), one.all_maps()).await,
         Err(ClientError::UnknownShuffle { .. })
     ));
     c.unregister_app(&a).await?;
-    ensure!(data_files_of(h, "unregister").is_empty(), "the app's files remain");
+    ensure!(
+        data_files_of(h, "unregister").is_empty(),
+        "the app's files remain"
+    );
     ensure!(matches!(
         c.open_reader(&two, PartitionId(0), two.all_maps()).await,
         Err(ClientError::UnknownShuffle { .. })
@@ -314,13 +437,26 @@ pub async fn unregister_deletes_the_data<H: Harness>(h: &H) -> Result<()> {
 
 pub async fn hostile_ids_never_reach_the_disk<H: Harness>(h: &H) -> Result<()> {
     let long = "a".repeat(129);
-    for hostile in ["../x", "..", ".", "/etc/passwd", "a/../../b", "nul\0byte", "", &long, "dir\\x", "sp ace"] {
+    for hostile in [
+        "../x",
+        "..",
+        ".",
+        "/etc/passwd",
+        "a/../../b",
+        "nul\0byte",
+        "",
+        &long,
+        "dir\\x",
+        "sp ace",
+    ] {
         ensure!(AppId::new(hostile).is_err(), "{hostile:?} must be refused");
     }
     // The longest valid id and one made of dots still stay inside.
     let c = h.client();
     for name in ["a".repeat(128), "...".to_string()] {
-        let handle = c.register_shuffle(&app(&name), ShuffleId(u32::MAX), blocking(1, 1)).await?;
+        let handle = c
+            .register_shuffle(&app(&name), ShuffleId(u32::MAX), blocking(1, 1))
+            .await?;
         write_map(c, &handle, 0, 0, &[2], true, opts()).await?;
     }
     let data_dirs = h.data_dirs();
@@ -336,11 +472,16 @@ pub async fn hostile_ids_never_reach_the_disk<H: Harness>(h: &H) -> Result<()> {
 
 pub async fn empty_partitions_read_as_empty<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("empty"), ShuffleId(7), blocking(2, 5)).await?;
+    let handle = c
+        .register_shuffle(&app("empty"), ShuffleId(7), blocking(2, 5))
+        .await?;
     write_map(c, &handle, 0, 0, &[0, 4, 0, 0, 0], true, opts()).await?;
     write_map(c, &handle, 1, 0, &[0; 5], true, opts()).await?;
     for p in [0, 2, 3, 4] {
-        ensure!(read_partition(c, &handle, p, handle.all_maps()).await?.is_empty(), "partition {p}");
+        ensure!(
+            read_partition(c, &handle, p, handle.all_maps()).await?.is_empty(),
+            "partition {p}"
+        );
     }
     ensure!(read_partition(c, &handle, 1, handle.all_maps()).await?.len() == 4);
     Ok(())
@@ -349,7 +490,9 @@ pub async fn empty_partitions_read_as_empty<H: Harness>(h: &H) -> Result<()> {
 pub async fn ten_thousand_partitions<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
     let n = 10_000u32;
-    let handle = c.register_shuffle(&app("wide"), ShuffleId(8), blocking(2, n)).await?;
+    let handle = c
+        .register_shuffle(&app("wide"), ShuffleId(8), blocking(2, n))
+        .await?;
     let counts: Vec<u32> = (0..n).map(|p| 1 + p % 3).collect();
     let small_buffers = WriterOptions {
         buffer_limit: 256 << 10,
@@ -359,7 +502,10 @@ pub async fn ten_thousand_partitions<H: Harness>(h: &H) -> Result<()> {
     write_map(c, &handle, 1, 0, &counts, true, small_buffers).await?;
     for p in 0..n {
         let got = read_partition(c, &handle, p, handle.all_maps()).await?;
-        ensure!(got == expected(&[(0, 0), (1, 0)], &counts, p), "partition {p} differs");
+        ensure!(
+            got == expected(&[(0, 0), (1, 0)], &counts, p),
+            "partition {p} differs"
+        );
     }
     c.unregister_shuffle(&handle).await?;
     Ok(())
@@ -367,7 +513,9 @@ pub async fn ten_thousand_partitions<H: Harness>(h: &H) -> Result<()> {
 
 pub async fn eight_mib_records<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("big"), ShuffleId(9), blocking(1, 2)).await?;
+    let handle = c
+        .register_shuffle(&app("big"), ShuffleId(9), blocking(1, 2))
+        .await?;
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let noise: Vec<u8> = (0..8 << 20)
         .map(|_| {
@@ -378,7 +526,9 @@ pub async fn eight_mib_records<H: Harness>(h: &H) -> Result<()> {
         })
         .collect();
     let zeros = vec![0u8; 8 << 20];
-    let mut w = c.open_writer(&handle, MapId(0), AttemptId(0), WriterOptions::default()).await?;
+    let mut w = c
+        .open_writer(&handle, MapId(0), AttemptId(0), WriterOptions::default())
+        .await?;
     for rec in [&noise, &zeros, &noise] {
         w.write(PartitionId(1), rec).await?;
     }
@@ -386,14 +536,19 @@ pub async fn eight_mib_records<H: Harness>(h: &H) -> Result<()> {
     w.commit().await?;
     let got = read_partition(c, &handle, 1, handle.all_maps()).await?;
     ensure!(got.len() == 3, "3 records expected, got {}", got.len());
-    ensure!(got[0] == noise && got[1] == zeros && got[2] == noise, "8 MiB records differ");
+    ensure!(
+        got[0] == noise && got[1] == zeros && got[2] == noise,
+        "8 MiB records differ"
+    );
     ensure!(read_partition(c, &handle, 0, handle.all_maps()).await? == vec![b"small".to_vec()]);
     Ok(())
 }
 
 pub async fn map_ranges_split_a_partition<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("ranges"), ShuffleId(10), blocking(4, 1)).await?;
+    let handle = c
+        .register_shuffle(&app("ranges"), ShuffleId(10), blocking(4, 1))
+        .await?;
     for map in 0..4 {
         write_map(c, &handle, map, 0, &[6], true, opts()).await?;
     }
@@ -411,11 +566,16 @@ pub async fn map_ranges_split_a_partition<H: Harness>(h: &H) -> Result<()> {
 
 pub async fn out_of_range_ids_are_refused<H: Harness>(h: &H) -> Result<()> {
     let c = h.client();
-    let handle = c.register_shuffle(&app("ranges-bad"), ShuffleId(11), blocking(2, 3)).await?;
+    let handle = c
+        .register_shuffle(&app("ranges-bad"), ShuffleId(11), blocking(2, 3))
+        .await?;
     let mut w = c.open_writer(&handle, MapId(0), AttemptId(0), opts()).await?;
     ensure!(matches!(
         w.write(PartitionId(3), b"x").await,
-        Err(ClientError::PartitionOutOfRange { num_partitions: 3, .. })
+        Err(ClientError::PartitionOutOfRange {
+            num_partitions: 3,
+            ..
+        })
     ));
     ensure!(matches!(
         c.open_writer(&handle, MapId(2), AttemptId(0), opts()).await,
@@ -426,10 +586,13 @@ pub async fn out_of_range_ids_are_refused<H: Harness>(h: &H) -> Result<()> {
         Err(ClientError::PartitionOutOfRange { .. }) | Err(ClientError::InvalidArgument(_))
     ));
     ensure!(matches!(
-        c.register_shuffle(&app("ranges-bad"), ShuffleId(11), blocking(3, 3)).await,
+        c.register_shuffle(&app("ranges-bad"), ShuffleId(11), blocking(3, 3))
+            .await,
         Err(ClientError::ShuffleExists { .. })
     ));
-    let unknown = c.register_shuffle(&app("ranges-bad"), ShuffleId(12), blocking(1, 1)).await?;
+    let unknown = c
+        .register_shuffle(&app("ranges-bad"), ShuffleId(12), blocking(1, 1))
+        .await?;
     c.unregister_shuffle(&unknown).await?;
     ensure!(matches!(
         c.push_blocks(&unknown, vec![]).await,

@@ -32,7 +32,9 @@ impl Layout {
         let mut canonical: Vec<PathBuf> = Vec::with_capacity(dirs.len());
         for dir in dirs {
             std::fs::create_dir_all(dir).map_err(ServerError::io("create data dir", dir))?;
-            let c = dir.canonicalize().map_err(ServerError::io("resolve data dir", dir))?;
+            let c = dir
+                .canonicalize()
+                .map_err(ServerError::io("resolve data dir", dir))?;
             if canonical.contains(&c) {
                 return Err(ServerError::InvalidConfig {
                     field: "data_dirs",
@@ -95,7 +97,12 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         for p in 0..6 {
             let f = layout.partition_file(&app, ShuffleId(1), PartitionId(p));
-            used.insert(f.parent().and_then(|s| s.parent()).and_then(|a| a.parent()).map(Path::to_path_buf));
+            used.insert(
+                f.parent()
+                    .and_then(|s| s.parent())
+                    .and_then(|a| a.parent())
+                    .map(Path::to_path_buf),
+            );
         }
         assert_eq!(used.len(), 3);
     }

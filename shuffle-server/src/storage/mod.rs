@@ -15,12 +15,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use protocol::{AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode,
+    ShuffleSpec,
+};
 
-pub use self::reader::PartitionReader;
-pub use self::shuffle::CommitOutcome;
 use self::layout::Layout;
 use self::partition::FileBudget;
+pub use self::reader::PartitionReader;
+pub use self::shuffle::CommitOutcome;
 use self::shuffle::ShuffleState;
 use crate::{ChecksumSite, ServerError};
 
@@ -118,12 +121,20 @@ impl Store {
 
     /// Registers a shuffle. Registering again with the same spec is a no-op;
     /// with another spec it is refused.
-    pub fn register_shuffle(&self, app: &AppId, shuffle: ShuffleId, spec: ShuffleSpec) -> Result<(), ServerError> {
+    pub fn register_shuffle(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        spec: ShuffleSpec,
+    ) -> Result<(), ServerError> {
         if spec.mode() != ShuffleMode::Blocking {
             return Err(ServerError::UnsupportedMode { mode: spec.mode() });
         }
         let key = (app.clone(), shuffle);
-        let mut shuffles = self.shuffles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shuffles = self
+            .shuffles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(existing) = shuffles.get(&key) {
             if existing.spec == spec {
                 return Ok(());
@@ -138,7 +149,9 @@ impl Store {
             std::fs::create_dir_all(&dir).map_err(ServerError::io("create shuffle dir", &dir))?;
         }
         let layout = &self.layout;
-        let state = ShuffleState::new(app.clone(), shuffle, spec, |p| layout.partition_file(app, shuffle, p));
+        let state = ShuffleState::new(app.clone(), shuffle, spec, |p| {
+            layout.partition_file(app, shuffle, p)
+        });
         shuffles.insert(key, Arc::new(state));
         Ok(())
     }
@@ -160,7 +173,12 @@ impl Store {
     /// The batch is validated whole first (ids, ranges, CRC32C of every
     /// payload); a bad batch stores nothing. Blocks already stored under the
     /// same (map, attempt, seq) are dropped and counted as duplicates.
-    pub fn push(&self, app: &AppId, shuffle: ShuffleId, blocks: &[Block]) -> Result<PushOutcome, ServerError> {
+    pub fn push(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        blocks: &[Block],
+    ) -> Result<PushOutcome, ServerError> {
         let state = self.shuffle(app, shuffle)?;
         state.check_live()?;
         state.check_push(blocks)?;
@@ -168,7 +186,11 @@ impl Store {
             if let Err(e) = block.verify() {
                 self.counters.checksum_mismatch();
                 return Err(match e {
-                    protocol::ProtocolError::ChecksumMismatch { block, expected, actual } => ServerError::ChecksumMismatch {
+                    protocol::ProtocolError::ChecksumMismatch {
+                        block,
+                        expected,
+                        actual,
+                    } => ServerError::ChecksumMismatch {
                         block,
                         expected,
                         actual,
@@ -261,7 +283,10 @@ impl Store {
     /// Forgets every shuffle of an app and deletes the app's files.
     pub fn unregister_app(&self, app: &AppId) -> Result<(), ServerError> {
         let removed: Vec<Arc<ShuffleState>> = {
-            let mut shuffles = self.shuffles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut shuffles = self
+                .shuffles
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let keys: Vec<ShuffleKey> = shuffles.keys().filter(|(a, _)| a == app).cloned().collect();
             keys.iter().filter_map(|k| shuffles.remove(k)).collect()
         };

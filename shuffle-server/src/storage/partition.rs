@@ -47,7 +47,9 @@ impl FileBudget {
 
     fn try_acquire(&self) -> bool {
         self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -101,7 +103,10 @@ impl PartitionFile {
             Some(file) => (file, true),
             None => (self.open_file()?, files.try_acquire()),
         };
-        let written = write_all_vectored(&mut file, &mut [IoSlice::new(&header), IoSlice::new(&block.payload)]);
+        let written = write_all_vectored(
+            &mut file,
+            &mut [IoSlice::new(&header), IoSlice::new(&block.payload)],
+        );
         if let Err(e) = written {
             // Leave no partial block behind: later appends and reads rely on
             // the file ending at `len`.

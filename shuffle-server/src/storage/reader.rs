@@ -43,7 +43,11 @@ impl PartitionReader {
         plan: Vec<PlannedBlock>,
         counters: Arc<Counters>,
     ) -> Result<Self, ServerError> {
-        let needed = plan.iter().map(|b| b.entry.offset + u64::from(b.entry.len)).max().unwrap_or(0);
+        let needed = plan
+            .iter()
+            .map(|b| b.entry.offset + u64::from(b.entry.len))
+            .max()
+            .unwrap_or(0);
         let data = if needed == 0 {
             Bytes::new()
         } else {
@@ -111,9 +115,13 @@ impl PartitionReader {
         };
         let start = planned.entry.offset as usize;
         let mut slice = self.data.slice(start..start + planned.entry.len as usize);
-        let block = Block::decode(&mut slice).map_err(|e| self.corrupt(format!("block {expected} at offset {start}: {e}")))?;
+        let block = Block::decode(&mut slice)
+            .map_err(|e| self.corrupt(format!("block {expected} at offset {start}: {e}")))?;
         if block.id() != expected {
-            return Err(self.corrupt(format!("offset {start} holds block {} instead of {expected}", block.id())));
+            return Err(self.corrupt(format!(
+                "offset {start} holds block {} instead of {expected}",
+                block.id()
+            )));
         }
         let actual = crc32c::crc32c(&block.payload);
         if actual != planned.entry.crc || actual != block.header.crc {

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use protocol::{AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec};
+use protocol::{
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+};
 
 use super::partition::{FileBudget, PartitionFile};
 use super::reader::PlannedBlock;
@@ -53,7 +55,12 @@ pub(crate) struct ShuffleState {
 }
 
 impl ShuffleState {
-    pub(crate) fn new(app: AppId, id: ShuffleId, spec: ShuffleSpec, path_of: impl Fn(PartitionId) -> PathBuf) -> Self {
+    pub(crate) fn new(
+        app: AppId,
+        id: ShuffleId,
+        spec: ShuffleSpec,
+        path_of: impl Fn(PartitionId) -> PathBuf,
+    ) -> Self {
         ShuffleState {
             partitions: (0..spec.num_partitions())
                 .map(|p| Mutex::new(PartitionFile::new(path_of(PartitionId(p)))))
@@ -233,10 +240,12 @@ impl ShuffleState {
                 continue; // unreachable once sealed; an empty map reads as nothing
             };
             for seq in 0..c.manifest.count(partition) {
-                let entry = part.lookup(map, c.attempt, seq).ok_or_else(|| ServerError::CorruptFile {
-                    path: part.path().to_path_buf(),
-                    reason: format!("index lost {map} {} seq {seq}", c.attempt),
-                })?;
+                let entry = part
+                    .lookup(map, c.attempt, seq)
+                    .ok_or_else(|| ServerError::CorruptFile {
+                        path: part.path().to_path_buf(),
+                        reason: format!("index lost {map} {} seq {seq}", c.attempt),
+                    })?;
                 plan.push(PlannedBlock {
                     map,
                     attempt: c.attempt,

@@ -1,6 +1,6 @@
 use super::*;
-use protocol::{records, BlockId};
 use proptest::prelude::*;
+use protocol::{records, BlockId};
 
 const SHUFFLE: ShuffleId = ShuffleId(7);
 
@@ -55,11 +55,27 @@ fn committed_blocks_come_back_in_map_then_seq_order() {
     let (_tmp, store) = store(2, 16);
     register(&store, 2, 2);
     // Arrival order is scrambled across maps and sequence numbers.
-    let blocks = [block(1, 0, 0, 1), block(0, 0, 0, 1), block(1, 0, 0, 0), block(0, 0, 0, 0), block(0, 0, 1, 0)];
+    let blocks = [
+        block(1, 0, 0, 1),
+        block(0, 0, 0, 1),
+        block(1, 0, 0, 0),
+        block(0, 0, 0, 0),
+        block(0, 0, 1, 0),
+    ];
     let out = store.push(&app(), SHUFFLE, &blocks).expect("push");
-    assert_eq!(out, PushOutcome { stored: 5, duplicates: 0 });
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2, 1])).expect("commit 0");
-    let sealed = store.commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[2])).expect("commit 1");
+    assert_eq!(
+        out,
+        PushOutcome {
+            stored: 5,
+            duplicates: 0
+        }
+    );
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2, 1]))
+        .expect("commit 0");
+    let sealed = store
+        .commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[2]))
+        .expect("commit 1");
     assert!(sealed.sealed);
     assert_eq!(
         read_all(&store, 0, MapRange::all(2)).expect("read"),
@@ -68,7 +84,10 @@ fn committed_blocks_come_back_in_map_then_seq_order() {
     assert_eq!(read_all(&store, 1, MapRange::all(2)).expect("read"), ["m0a0p1s0"]);
     // A skew split reads one map only.
     let only_map1 = MapRange::new(MapId(1), MapId(2)).expect("range");
-    assert_eq!(read_all(&store, 0, only_map1).expect("read"), ["m1a0p0s0", "m1a0p0s1"]);
+    assert_eq!(
+        read_all(&store, 0, only_map1).expect("read"),
+        ["m1a0p0s0", "m1a0p0s1"]
+    );
 }
 
 #[test]
@@ -76,25 +95,55 @@ fn duplicates_are_dropped_and_counted() {
     let (_tmp, store) = store(1, 16);
     register(&store, 1, 1);
     store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0)]).expect("push");
-    let again = store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 0, 1)]).expect("push");
-    assert_eq!(again, PushOutcome { stored: 1, duplicates: 1 });
+    let again = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 0, 1)])
+        .expect("push");
+    assert_eq!(
+        again,
+        PushOutcome {
+            stored: 1,
+            duplicates: 1
+        }
+    );
     assert_eq!(store.stats().duplicates_dropped, 1);
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2])).expect("commit");
-    assert_eq!(read_all(&store, 0, MapRange::all(1)).expect("read"), ["m0a0p0s0", "m0a0p0s1"]);
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2]))
+        .expect("commit");
+    assert_eq!(
+        read_all(&store, 0, MapRange::all(1)).expect("read"),
+        ["m0a0p0s0", "m0a0p0s1"]
+    );
 }
 
 #[test]
 fn first_attempt_to_commit_wins_and_losers_are_never_served() {
     let (_tmp, store) = store(1, 16);
     register(&store, 1, 1);
-    store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 1, 0, 0)]).expect("push");
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[1])).expect("attempt 1 commits");
-    let err = store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[1])).expect_err("conflict");
-    assert!(matches!(err, ServerError::CommitConflict { committed: AttemptId(1), attempt: AttemptId(0), .. }));
-    let err = store.push(&app(), SHUFFLE, &[block(0, 0, 0, 1)]).expect_err("superseded");
+    store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 1, 0, 0)])
+        .expect("push");
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[1]))
+        .expect("attempt 1 commits");
+    let err = store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[1]))
+        .expect_err("conflict");
+    assert!(matches!(
+        err,
+        ServerError::CommitConflict {
+            committed: AttemptId(1),
+            attempt: AttemptId(0),
+            ..
+        }
+    ));
+    let err = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 1)])
+        .expect_err("superseded");
     assert!(matches!(err, ServerError::AttemptSuperseded { .. }));
     // Retrying the winning commit is harmless; changing its manifest is not.
-    let again = store.commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[1])).expect("idempotent");
+    let again = store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[1]))
+        .expect("idempotent");
     assert!(again.already_committed && again.sealed);
     assert!(matches!(
         store.commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[2])),
@@ -107,9 +156,21 @@ fn first_attempt_to_commit_wins_and_losers_are_never_served() {
 fn a_commit_naming_blocks_that_never_arrived_is_refused() {
     let (_tmp, store) = store(1, 16);
     register(&store, 1, 2);
-    store.push(&app(), SHUFFLE, &[block(0, 0, 1, 0), block(0, 0, 1, 2)]).expect("push");
-    let err = store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[0, 3])).expect_err("gap");
-    assert!(matches!(err, ServerError::MissingBlocks { partition: PartitionId(1), missing_seq: 1, expected: 3, .. }));
+    store
+        .push(&app(), SHUFFLE, &[block(0, 0, 1, 0), block(0, 0, 1, 2)])
+        .expect("push");
+    let err = store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[0, 3]))
+        .expect_err("gap");
+    assert!(matches!(
+        err,
+        ServerError::MissingBlocks {
+            partition: PartitionId(1),
+            missing_seq: 1,
+            expected: 3,
+            ..
+        }
+    ));
     assert!(!store.status(&app(), SHUFFLE).expect("status").sealed);
 }
 
@@ -117,20 +178,45 @@ fn a_commit_naming_blocks_that_never_arrived_is_refused() {
 fn reading_before_the_seal_is_not_ready() {
     let (_tmp, store) = store(1, 16);
     register(&store, 2, 1);
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[])).expect("commit");
-    let err = store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2)).expect_err("not sealed");
-    assert!(matches!(err, ServerError::NotSealed { committed: 1, num_maps: 2, .. }));
-    store.commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[])).expect("commit");
-    assert!(read_all(&store, 0, MapRange::all(2)).expect("empty partition").is_empty());
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[]))
+        .expect("commit");
+    let err = store
+        .read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2))
+        .expect_err("not sealed");
+    assert!(matches!(
+        err,
+        ServerError::NotSealed {
+            committed: 1,
+            num_maps: 2,
+            ..
+        }
+    ));
+    store
+        .commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[]))
+        .expect("commit");
+    assert!(read_all(&store, 0, MapRange::all(2))
+        .expect("empty partition")
+        .is_empty());
 }
 
 #[test]
 fn out_of_range_ids_are_refused_and_store_nothing() {
     let (_tmp, store) = store(1, 16);
     register(&store, 1, 2);
-    let err = store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 2, 0)]).expect_err("partition");
-    assert!(matches!(err, ServerError::PartitionOutOfRange { num_partitions: 2, .. }));
-    let err = store.push(&app(), SHUFFLE, &[block(1, 0, 0, 0)]).expect_err("map");
+    let err = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 2, 0)])
+        .expect_err("partition");
+    assert!(matches!(
+        err,
+        ServerError::PartitionOutOfRange {
+            num_partitions: 2,
+            ..
+        }
+    ));
+    let err = store
+        .push(&app(), SHUFFLE, &[block(1, 0, 0, 0)])
+        .expect_err("map");
     assert!(matches!(err, ServerError::MapOutOfRange { num_maps: 1, .. }));
     assert_eq!(store.stats().blocks_stored, 0);
     assert!(matches!(
@@ -151,15 +237,27 @@ fn a_corrupt_payload_in_a_push_is_refused() {
     let mut payload = bad.payload.to_vec();
     payload[0] ^= 0xff;
     bad.payload = payload.into();
-    let err = store.push(&app(), SHUFFLE, &[block(0, 0, 0, 1), bad]).expect_err("crc");
-    assert!(matches!(err, ServerError::ChecksumMismatch { site: ChecksumSite::Received, .. }));
+    let err = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 1), bad])
+        .expect_err("crc");
+    assert!(matches!(
+        err,
+        ServerError::ChecksumMismatch {
+            site: ChecksumSite::Received,
+            ..
+        }
+    ));
     assert_eq!(store.stats().blocks_stored, 0);
 }
 
 fn sealed_single_partition(store: &Store) -> PathBuf {
     register(store, 1, 1);
-    store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 0, 1)]).expect("push");
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2])).expect("commit");
+    store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 0), block(0, 0, 0, 1)])
+        .expect("push");
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2]))
+        .expect("commit");
     store.layout.partition_file(&app(), SHUFFLE, PartitionId(0))
 }
 
@@ -171,11 +269,20 @@ fn a_flipped_byte_on_disk_is_a_checksum_mismatch_naming_the_block() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     std::fs::write(&file, bytes).expect("write");
-    let mut reader = store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(1)).expect("open");
+    let mut reader = store
+        .read(&app(), SHUFFLE, PartitionId(0), MapRange::all(1))
+        .expect("open");
     assert!(reader.next_block().expect("first block intact").is_some());
     match reader.next_block() {
-        Err(ServerError::ChecksumMismatch { block, site: ChecksumSite::Stored, .. }) => {
-            assert_eq!((block.map, block.seq, block.partition), (MapId(0), 1, PartitionId(0)));
+        Err(ServerError::ChecksumMismatch {
+            block,
+            site: ChecksumSite::Stored,
+            ..
+        }) => {
+            assert_eq!(
+                (block.map, block.seq, block.partition),
+                (MapId(0), 1, PartitionId(0))
+            );
         }
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }
@@ -187,8 +294,15 @@ fn a_truncated_file_is_an_error_not_a_crash() {
     let (_tmp, store) = store(1, 16);
     let file = sealed_single_partition(&store);
     let len = std::fs::metadata(&file).expect("stat").len();
-    std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(len - 3).expect("truncate");
-    let err = store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(1)).expect_err("truncated");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
+    let err = store
+        .read(&app(), SHUFFLE, PartitionId(0), MapRange::all(1))
+        .expect_err("truncated");
     assert!(matches!(err, ServerError::CorruptFile { .. }), "{err}");
 }
 
@@ -202,11 +316,19 @@ fn unregister_deletes_the_files_and_forgets_the_shuffle() {
     assert_eq!(files.len(), 6);
     store.unregister_shuffle(&app(), SHUFFLE).expect("unregister");
     assert!(walk(tmp.path()).is_empty());
-    assert!(matches!(store.status(&app(), SHUFFLE), Err(ServerError::UnknownShuffle { .. })));
+    assert!(matches!(
+        store.status(&app(), SHUFFLE),
+        Err(ServerError::UnknownShuffle { .. })
+    ));
     register(&store, 1, 1);
     store.unregister_app(&app()).expect("unregister app");
     for d in store.data_dirs() {
-        assert_eq!(std::fs::read_dir(d).expect("dir").count(), 0, "{} not empty", d.display());
+        assert_eq!(
+            std::fs::read_dir(d).expect("dir").count(),
+            0,
+            "{} not empty",
+            d.display()
+        );
     }
 }
 
@@ -231,8 +353,13 @@ fn works_with_no_file_handles_kept_open() {
         let blocks: Vec<Block> = (0..3).map(|p| block(0, 0, p, seq)).collect();
         store.push(&app(), SHUFFLE, &blocks).expect("push");
     }
-    store.commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[3, 3, 3])).expect("commit");
-    assert_eq!(read_all(&store, 2, MapRange::all(1)).expect("read"), ["m0a0p2s0", "m0a0p2s1", "m0a0p2s2"]);
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[3, 3, 3]))
+        .expect("commit");
+    assert_eq!(
+        read_all(&store, 2, MapRange::all(1)).expect("read"),
+        ["m0a0p2s0", "m0a0p2s1", "m0a0p2s2"]
+    );
 }
 
 #[test]
@@ -241,7 +368,9 @@ fn non_blocking_modes_are_refused_until_built() {
     let spec = ShuffleSpec::new(1, 1, ShuffleMode::Pipelined).expect("spec");
     assert!(matches!(
         store.register_shuffle(&app(), SHUFFLE, spec),
-        Err(ServerError::UnsupportedMode { mode: ShuffleMode::Pipelined })
+        Err(ServerError::UnsupportedMode {
+            mode: ShuffleMode::Pipelined
+        })
     ));
 }
 

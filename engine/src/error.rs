@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+
+use shuffle_client::ClientError;
+
+/// Everything a job can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The shuffle service refused or failed an operation.
+    #[error("shuffle: {0}")]
+    Shuffle(#[from] ClientError),
+    /// An input or output file could not be used.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A job parameter is unusable.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: &'static str, reason: String },
+    /// A record read from the shuffle does not have the job's layout.
+    #[error("malformed record: {reason}")]
+    MalformedRecord { reason: String },
+    /// A task failed on its last allowed attempt.
+    #[error("{stage} task {task} failed after {attempts} attempt(s): {source}")]
+    TaskFailed {
+        stage: &'static str,
+        task: u32,
+        attempts: u32,
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// A task panicked or was cancelled.
+    #[error("{stage} task {task} did not finish: {reason}")]
+    TaskAborted {
+        stage: &'static str,
+        task: u32,
+        reason: String,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> EngineError {
+        let path = path.into();
+        move |source| EngineError::Io { op, path, source }
+    }
+
+    /// Whether running the task again (a new attempt) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Shuffle(e) => e.is_retryable() || e.loses_data(),
+            EngineError::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
