@@ -373,10 +373,20 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn data_files_of<H: Harness>(h: &H, app: &str) -> Vec<PathBuf> {
+/// Every file of an app, in every data dir.
+fn files_of<H: Harness>(h: &H, app: &str) -> Vec<PathBuf> {
     h.data_dirs()
         .iter()
         .flat_map(|d| files_below(&d.join(app)))
+        .collect()
+}
+
+/// The partition data files of an app (a sealed shuffle also keeps a
+/// `shuffle.meta` next to them, which is not data).
+fn data_files_of<H: Harness>(h: &H, app: &str) -> Vec<PathBuf> {
+    files_of(h, app)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "data"))
         .collect()
 }
 
@@ -424,10 +434,7 @@ pub async fn unregister_deletes_the_data<H: Harness>(h: &H) -> Result<()> {
         Err(ClientError::UnknownShuffle { .. })
     ));
     c.unregister_app(&a).await?;
-    ensure!(
-        data_files_of(h, "unregister").is_empty(),
-        "the app's files remain"
-    );
+    ensure!(files_of(h, "unregister").is_empty(), "the app's files remain");
     ensure!(matches!(
         c.open_reader(&two, PartitionId(0), two.all_maps()).await,
         Err(ClientError::UnknownShuffle { .. })

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <data-dir>/<app-id>/shuffle-<id>/partition-<p>.data
+//! <first-data-dir>/<app-id>/shuffle-<id>/shuffle.meta   (once sealed)
 //! ```
 //!
 //! Partitions of one shuffle are spread round-robin over the data
@@ -58,18 +59,35 @@ impl Layout {
     pub(crate) fn shuffle_dirs(&self, app: &AppId, shuffle: ShuffleId) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .map(|d| self.app_dir(d, app).join(format!("shuffle-{}", shuffle.0)))
+            .map(|d| self.app_dir(d, app).join(shuffle_dir_name(shuffle)))
             .collect()
+    }
+
+    /// Which data directory (index into [`Layout::data_dirs`]) holds a
+    /// partition's file.
+    pub(crate) fn dir_index(&self, app: &AppId, shuffle: ShuffleId, partition: PartitionId) -> usize {
+        let start = spread_seed(app, shuffle);
+        (start.wrapping_add(u64::from(partition.0)) % self.dirs.len() as u64) as usize
     }
 
     /// The data file of one partition.
     pub(crate) fn partition_file(&self, app: &AppId, shuffle: ShuffleId, partition: PartitionId) -> PathBuf {
-        let start = spread_seed(app, shuffle);
-        let dir = &self.dirs[((start + u64::from(partition.0)) % self.dirs.len() as u64) as usize];
+        let dir = &self.dirs[self.dir_index(app, shuffle, partition)];
         self.app_dir(dir, app)
-            .join(format!("shuffle-{}", shuffle.0))
+            .join(shuffle_dir_name(shuffle))
             .join(format!("partition-{}.data", partition.0))
     }
+}
+
+fn shuffle_dir_name(shuffle: ShuffleId) -> String {
+    format!("shuffle-{}", shuffle.0)
+}
+
+/// The shuffle id of a folder named `shuffle-<u32>`, in the exact form this
+/// layout writes (no sign, no leading zero); `None` for any other name.
+pub(crate) fn parse_shuffle_dir_name(name: &str) -> Option<ShuffleId> {
+    let id: u32 = name.strip_prefix("shuffle-")?.parse().ok()?;
+    (shuffle_dir_name(ShuffleId(id)) == name).then_some(ShuffleId(id))
 }
 
 /// FNV-1a over the app id and shuffle id: stable across restarts, so a
@@ -105,6 +123,26 @@ mod tests {
             );
         }
         assert_eq!(used.len(), 3);
+    }
+
+    #[test]
+    fn only_canonical_shuffle_folder_names_parse() {
+        assert_eq!(parse_shuffle_dir_name("shuffle-0"), Some(ShuffleId(0)));
+        assert_eq!(
+            parse_shuffle_dir_name("shuffle-4294967295"),
+            Some(ShuffleId(u32::MAX))
+        );
+        for bad in [
+            "shuffle-",
+            "shuffle-+1",
+            "shuffle-01",
+            "shuffle-4294967296",
+            "shuffle-1x",
+            "Shuffle-1",
+            "x",
+        ] {
+            assert_eq!(parse_shuffle_dir_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! index, kept in memory while the shuffle is written, maps
 //! (map, attempt, seq) to where the block landed, so a reader can pick the
 //! committed attempt's blocks in (map, seq) order without sorting the file.
+//! Once the shuffle is sealed, the committed part of the index is also
+//! written to the shuffle's meta file, from which it is restored at start-up.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use protocol::block::BLOCK_HEADER_LEN;
 use protocol::{AttemptId, Block, MapId};
 
+use super::reader::PlannedBlock;
 use crate::ServerError;
 
 /// Where one block lives in its partition file.
@@ -75,6 +78,20 @@ impl PartitionFile {
             file: None,
             len: 0,
             index: BTreeMap::new(),
+        }
+    }
+
+    /// A partition of a sealed shuffle restored at start-up: `len` is the
+    /// file's size on disk, `blocks` the committed blocks from the meta.
+    pub(crate) fn restored(path: PathBuf, len: u64, blocks: &[PlannedBlock]) -> Self {
+        PartitionFile {
+            path,
+            file: None,
+            len,
+            index: blocks
+                .iter()
+                .map(|b| ((b.map, b.attempt, b.seq), b.entry))
+                .collect(),
         }
     }
 
@@ -148,6 +165,33 @@ impl PartitionFile {
     pub(crate) fn close(&mut self, files: &FileBudget) {
         if self.file.take().is_some() {
             files.release();
+        }
+    }
+
+    /// Flushes the file to stable storage (fsync), opening it if its append
+    /// handle is closed. A partition that never stored a byte has nothing to
+    /// flush.
+    pub(crate) fn sync(&self) -> Result<(), ServerError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let synced = match &self.file {
+            Some(file) => file.sync_all(),
+            // Opened for appending, never truncating: the file stays as is.
+            None => OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .and_then(|file| file.sync_all()),
+        };
+        synced.map_err(ServerError::io("fsync", &self.path))
+    }
+
+    /// Flushes the append handle if one is open; closed files are left
+    /// alone.
+    pub(crate) fn sync_open(&self) -> Result<(), ServerError> {
+        match &self.file {
+            Some(file) => file.sync_all().map_err(ServerError::io("fsync", &self.path)),
+            None => Ok(()),
         }
     }
 

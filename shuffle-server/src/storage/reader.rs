@@ -12,8 +12,9 @@ use super::partition::IndexEntry;
 use super::Counters;
 use crate::{ChecksumSite, ServerError};
 
-/// One block a reader will return, in order.
-#[derive(Clone, Copy, Debug)]
+/// One block a reader will return, in order (also what a sealed shuffle's
+/// meta file records per partition).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct PlannedBlock {
     pub map: MapId,
     pub attempt: AttemptId,
@@ -51,7 +52,16 @@ impl PartitionReader {
         let data = if needed == 0 {
             Bytes::new()
         } else {
-            let file = File::open(&path).map_err(ServerError::io("open", &path))?;
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ServerError::CorruptFile {
+                        path,
+                        reason: format!("file is missing but the index needs {needed} bytes"),
+                    });
+                }
+                Err(e) => return Err(ServerError::io("open", &path)(e)),
+            };
             let on_disk = file.metadata().map_err(ServerError::io("stat", &path))?.len();
             // Checked before mapping: touching a page past the end of the
             // file would raise SIGBUS instead of an error.
@@ -62,8 +72,9 @@ impl PartitionReader {
                 });
             }
             // SAFETY: the file is private to this server, which only ever
-            // appends to it and never while the shuffle is sealed; its length
-            // was checked above. A process outside the server truncating it
+            // appends to it (appending never changes mapped bytes) and never
+            // truncates it while the shuffle is sealed; its length was
+            // checked above. A process outside the server truncating it
             // while mapped is outside what the server can defend against.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ServerError::io("mmap", &path))?;
             #[cfg(unix)]

@@ -3,6 +3,11 @@
 //! Lock order: `commits` before any partition. The push path never holds
 //! both; the commit path takes `commits`, then each partition in turn.
 //! No lock here is ever held across an `.await` (this module is sync).
+//!
+//! Sealing is made durable before it is visible: the commit that seals
+//! flushes the partition files (per the fsync policy) and writes the meta
+//! file (see `persist.rs`) while it holds `commits`, and only then marks the
+//! shuffle sealed.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +17,9 @@ use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
+use super::meta::{self, SealedMeta};
 use super::partition::{FileBudget, PartitionFile};
+use super::persist;
 use super::reader::PlannedBlock;
 use crate::ServerError;
 
@@ -43,11 +50,21 @@ pub struct CommitOutcome {
     pub already_committed: bool,
 }
 
+/// Where a shuffle's files live and how its seal is made durable.
+#[derive(Debug)]
+pub(crate) struct Placement {
+    /// The shuffle's folder in every data dir; the first holds the meta.
+    pub dirs: Vec<PathBuf>,
+    /// Flush data files, folders and the meta to stable storage at seal.
+    pub fsync_on_seal: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct ShuffleState {
     pub app: AppId,
     pub id: ShuffleId,
     pub spec: ShuffleSpec,
+    placement: Placement,
     partitions: Box<[Mutex<PartitionFile>]>,
     commits: Mutex<Commits>,
     sealed: AtomicBool,
@@ -59,9 +76,11 @@ impl ShuffleState {
         app: AppId,
         id: ShuffleId,
         spec: ShuffleSpec,
+        placement: Placement,
         path_of: impl Fn(PartitionId) -> PathBuf,
     ) -> Self {
         ShuffleState {
+            placement,
             partitions: (0..spec.num_partitions())
                 .map(|p| Mutex::new(PartitionFile::new(path_of(PartitionId(p)))))
                 .collect(),
@@ -77,11 +96,49 @@ impl ShuffleState {
         }
     }
 
+    /// A sealed shuffle as recorded in its meta; `file_of` gives each
+    /// partition's path and its length on disk.
+    pub(crate) fn restore(
+        meta: SealedMeta,
+        placement: Placement,
+        file_of: impl Fn(PartitionId) -> (PathBuf, u64),
+    ) -> Self {
+        let partitions = meta
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, blocks)| {
+                let (path, len) = file_of(PartitionId(p as u32));
+                Mutex::new(PartitionFile::restored(path, len, blocks))
+            })
+            .collect();
+        let count = meta.commits.len() as u32;
+        let by_map = meta
+            .commits
+            .into_iter()
+            .map(|(attempt, manifest)| Some(Committed { attempt, manifest }))
+            .collect();
+        ShuffleState {
+            app: meta.app,
+            id: meta.shuffle,
+            spec: meta.spec,
+            placement,
+            partitions,
+            commits: Mutex::new(Commits { by_map, count }),
+            sealed: AtomicBool::new(true),
+            removed: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
 
     pub(crate) fn mark_removed(&self) {
+        // Under `commits`: a seal in progress finishes first (the caller then
+        // deletes its meta with the folder), and a later one sees the flag
+        // and writes nothing, so no meta outlives an unregistered shuffle.
+        let _commits = lock(&self.commits);
         self.removed.store(true, Ordering::Release);
     }
 
@@ -163,6 +220,7 @@ impl ShuffleState {
         self.check_map(map)?;
         manifest.check_against(&self.spec)?;
         let mut commits = lock(&self.commits);
+        self.check_live()?;
         if let Some(c) = &commits.by_map[map.index()] {
             if c.attempt != attempt {
                 return Err(ServerError::CommitConflict {
@@ -195,6 +253,18 @@ impl ShuffleState {
         commits.count += 1;
         let sealed = commits.count == self.spec.num_maps();
         if sealed {
+            // A shuffle is sealed only once its meta is on disk: serving it
+            // as sealed without one would break promise 5 (a restart would
+            // silently drop a shuffle readers were already told is
+            // complete). So a failed write undoes this commit, under the same
+            // lock, as if it never happened: the caller gets the I/O error
+            // (retryable), readers keep getting `NotSealed`, and retrying the
+            // commit (or a newer attempt of the map committing) seals again.
+            if let Err(e) = self.persist_seal(&commits) {
+                commits.by_map[map.index()] = None;
+                commits.count -= 1;
+                return Err(e);
+            }
             self.sealed.store(true, Ordering::Release);
             drop(commits);
             // Nothing is appended after the seal: give the handles back.
@@ -204,6 +274,79 @@ impl ShuffleState {
             sealed,
             already_committed: false,
         })
+    }
+
+    /// Makes the seal durable: flushes every partition file holding data and
+    /// the shuffle's folders (and their parents) when the policy says so,
+    /// then writes the meta atomically. Called with `commits` held, every
+    /// map committed.
+    fn persist_seal(&self, commits: &Commits) -> Result<(), ServerError> {
+        let fsync = self.placement.fsync_on_seal;
+        // The committed blocks of each partition in (map, seq) order:
+        // walking maps in order and appending keeps every list sorted.
+        let mut wanted: Vec<Vec<(MapId, AttemptId, u32)>> = vec![Vec::new(); self.partitions.len()];
+        let mut committed = Vec::with_capacity(commits.by_map.len());
+        for (m, c) in commits.by_map.iter().enumerate() {
+            // Unreachable while `count` counts the filled slots; refusing
+            // beats writing a meta that names fewer maps than the spec.
+            let Some(c) = c else {
+                return Err(ServerError::NotSealed {
+                    app: self.app.clone(),
+                    shuffle: self.id,
+                    committed: commits.count,
+                    num_maps: self.spec.num_maps(),
+                });
+            };
+            for &(partition, count) in c.manifest.entries() {
+                let list = &mut wanted[partition.index()];
+                list.extend((0..count).map(|seq| (MapId(m as u32), c.attempt, seq)));
+            }
+            committed.push((c.attempt, c.manifest.clone()));
+        }
+        let mut partitions = Vec::with_capacity(wanted.len());
+        for (part, keys) in self.partitions.iter().zip(wanted) {
+            let part = lock(part);
+            let blocks = keys
+                .into_iter()
+                .map(|(map, attempt, seq)| {
+                    let entry = part
+                        .lookup(map, attempt, seq)
+                        .ok_or_else(|| ServerError::CorruptFile {
+                            path: part.path().to_path_buf(),
+                            reason: format!("index lost {map} {attempt} seq {seq}"),
+                        })?;
+                    Ok(PlannedBlock {
+                        map,
+                        attempt,
+                        seq,
+                        entry,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServerError>>()?;
+            if fsync {
+                part.sync()?;
+            }
+            partitions.push(blocks);
+        }
+        if fsync {
+            // The shuffle folders hold the partition files' entries; their
+            // parents hold the folders' own entries (created at register).
+            for dir in &self.placement.dirs {
+                for d in dir.ancestors().take(3) {
+                    persist::sync_dir(d)?;
+                }
+            }
+        }
+        let meta = SealedMeta {
+            app: self.app.clone(),
+            shuffle: self.id,
+            spec: self.spec,
+            commits: committed,
+            partitions,
+        };
+        let mut bytes = Vec::new();
+        meta::encode(&meta, &mut bytes)?;
+        persist::write_meta(&self.placement.dirs[0], &bytes, fsync)
     }
 
     pub(crate) fn committed_maps(&self) -> u32 {
@@ -260,6 +403,25 @@ impl ShuffleState {
     /// Bytes stored over all partitions (every attempt).
     pub(crate) fn stored_bytes(&self) -> u64 {
         self.partitions.iter().map(|p| lock(p).len()).sum()
+    }
+
+    /// Bytes stored in each partition's file, by partition.
+    pub(crate) fn partition_bytes(&self) -> impl Iterator<Item = (PartitionId, u64)> + '_ {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(p, part)| (PartitionId(p as u32), lock(part).len()))
+    }
+
+    /// Flushes every partition file that has an open append handle.
+    pub(crate) fn sync_open_files(&self) -> Result<(), ServerError> {
+        let mut first_error = None;
+        for p in self.partitions.iter() {
+            if let Err(e) = lock(p).sync_open() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     pub(crate) fn close_files(&self, files: &FileBudget) {

@@ -2,6 +2,8 @@ use super::*;
 use proptest::prelude::*;
 use protocol::{records, BlockId};
 
+mod recovery;
+
 const SHUFFLE: ShuffleId = ShuffleId(7);
 
 fn app() -> AppId {
@@ -416,15 +418,23 @@ proptest! {
             let w = winners[m as usize];
             store.commit(&app(), SHUFFLE, MapId(m), AttemptId(w), manifest(&counts[m as usize])).expect("commit");
         }
-        for p in 0..3u32 {
-            let got = read_all(&store, p, MapRange::all(maps)).expect("read");
-            let want: Vec<String> = (0..maps)
-                .flat_map(|m| {
-                    let w = winners[m as usize];
-                    (0..counts[m as usize][p as usize]).map(move |s| format!("m{m}a{w}p{p}s{s}"))
-                })
-                .collect();
-            prop_assert_eq!(got, want);
-        }
+        let check = |store: &Store| -> Result<(), TestCaseError> {
+            for p in 0..3u32 {
+                let got = read_all(store, p, MapRange::all(maps)).expect("read");
+                let want: Vec<String> = (0..maps)
+                    .flat_map(|m| {
+                        let w = winners[m as usize];
+                        (0..counts[m as usize][p as usize]).map(move |s| format!("m{m}a{w}p{p}s{s}"))
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+            Ok(())
+        };
+        check(&store)?;
+        // The same after a restart, from the meta written at seal.
+        let dirs = store.data_dirs().to_vec();
+        drop(store);
+        check(&Store::open(StoreConfig::new(dirs)).expect("reopen"))?;
     }
 }
