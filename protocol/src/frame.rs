@@ -10,7 +10,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::block::BLOCK_HEADER_LEN;
-use crate::{wire, AppId, Block, MapId, MapRange, PartitionId, ProtocolError, ShuffleId};
+use crate::{wire, AppId, Block, MapId, MapRange, PartitionId, ProtocolError, ServiceError, ShuffleId};
 
 /// Version of the frame protocol, exchanged in [`Frame::Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -20,78 +20,13 @@ pub const FRAME_PREFIX_LEN: usize = 5;
 /// at least one largest block.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 << 20;
 
-/// Why a request failed, as sent in an [`ErrorFrame`]. Codes are stable;
-/// unknown codes from a newer peer are kept as [`ErrorCode::Other`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum ErrorCode {
-    /// The request could not be parsed or violates the protocol.
-    Malformed,
-    /// The application is not registered (or has expired).
-    UnknownApp,
-    /// The shuffle is not registered.
-    UnknownShuffle,
-    /// A partition, map or attempt id is outside the shuffle's spec.
-    OutOfRange,
-    /// The data is not readable yet (for example before the seal).
-    NotReady,
-    /// Stored or received data failed its CRC32C.
-    ChecksumMismatch,
-    /// Another attempt of the map has already committed.
-    CommitConflict,
-    /// The server is out of memory credit; retry later.
-    Busy,
-    /// The server is shutting down and takes no new work.
-    Draining,
-    /// The request asks for something this server does not implement.
-    Unsupported,
-    /// A server-side failure (disk error, ...).
-    Internal,
-    /// A code this version does not know.
-    Other(u16),
-}
-
-impl ErrorCode {
-    /// The wire code.
-    pub fn code(self) -> u16 {
-        match self {
-            ErrorCode::Malformed => 1,
-            ErrorCode::UnknownApp => 2,
-            ErrorCode::UnknownShuffle => 3,
-            ErrorCode::OutOfRange => 4,
-            ErrorCode::NotReady => 5,
-            ErrorCode::ChecksumMismatch => 6,
-            ErrorCode::CommitConflict => 7,
-            ErrorCode::Busy => 8,
-            ErrorCode::Draining => 9,
-            ErrorCode::Unsupported => 10,
-            ErrorCode::Internal => 11,
-            ErrorCode::Other(c) => c,
-        }
-    }
-
-    /// Parses a wire code; never fails.
-    pub fn from_code(code: u16) -> Self {
-        match code {
-            1 => ErrorCode::Malformed,
-            2 => ErrorCode::UnknownApp,
-            3 => ErrorCode::UnknownShuffle,
-            4 => ErrorCode::OutOfRange,
-            5 => ErrorCode::NotReady,
-            6 => ErrorCode::ChecksumMismatch,
-            7 => ErrorCode::CommitConflict,
-            8 => ErrorCode::Busy,
-            9 => ErrorCode::Draining,
-            10 => ErrorCode::Unsupported,
-            11 => ErrorCode::Internal,
-            c => ErrorCode::Other(c),
-        }
-    }
-}
-
 /// First frame each side sends on a new connection.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Hello {
     pub protocol_version: u16,
+    /// The server's gRPC control-plane port (0 from a client): a client
+    /// that knows only the data-plane URL finds the control plane with it.
+    pub grpc_port: u16,
 }
 
 /// Blocks of one shuffle, for any number of partitions.
@@ -139,12 +74,11 @@ pub struct FetchEnd {
     pub total_blocks: u64,
 }
 
-/// A request failed.
+/// A request failed (or, with `request_id` 0, the connection is unusable).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ErrorFrame {
     pub request_id: u64,
-    pub code: ErrorCode,
-    pub message: String,
+    pub error: ServiceError,
 }
 
 /// Every data-plane frame.
@@ -182,7 +116,10 @@ impl Frame {
 
     fn encode_body(&self, out: &mut impl BufMut) {
         match self {
-            Frame::Hello(h) => out.put_u16_le(h.protocol_version),
+            Frame::Hello(h) => {
+                out.put_u16_le(h.protocol_version);
+                out.put_u16_le(h.grpc_port);
+            }
             Frame::PushBlocks(p) => {
                 out.put_u64_le(p.request_id);
                 wire::put_string(out, p.app.as_str());
@@ -214,8 +151,7 @@ impl Frame {
             }
             Frame::Error(e) => {
                 out.put_u64_le(e.request_id);
-                out.put_u16_le(e.code.code());
-                wire::put_string(out, &e.message);
+                e.error.encode(out);
             }
         }
     }
@@ -225,6 +161,7 @@ impl Frame {
         let frame = match tag {
             TAG_HELLO => Frame::Hello(Hello {
                 protocol_version: wire::u16(body, "hello")?,
+                grpc_port: wire::u16(body, "hello")?,
             }),
             TAG_PUSH_BLOCKS => Frame::PushBlocks(PushBlocks {
                 request_id: wire::u64(body, "push request id")?,
@@ -264,8 +201,7 @@ impl Frame {
             }),
             TAG_ERROR => Frame::Error(ErrorFrame {
                 request_id: wire::u64(body, "error frame")?,
-                code: ErrorCode::from_code(wire::u16(body, "error frame")?),
-                message: wire::string(body, "error message")?,
+                error: ServiceError::decode(body)?,
             }),
             tag => return Err(ProtocolError::UnknownFrameType { tag }),
         };
@@ -328,14 +264,11 @@ impl FrameCodec {
         self.max_frame_len
     }
 
-    /// Takes one frame off the front of `src`. `Ok(None)` means more bytes
-    /// are needed; an error means the stream is unusable and the connection
-    /// should be closed.
-    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        if src.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+    /// Validates a length prefix and returns the length of tag + body. Lets
+    /// a reader that takes frames off a stream itself (to wait for memory
+    /// credit before reading a body) apply the same rule as [`Self::decode`].
+    pub fn check_prefix(&self, prefix: [u8; 4]) -> Result<u32, ProtocolError> {
+        let len = u32::from_le_bytes(prefix);
         if len == 0 {
             return Err(ProtocolError::malformed("frame", "zero length (no type tag)"));
         }
@@ -345,15 +278,40 @@ impl FrameCodec {
                 max: u64::from(self.max_frame_len),
             });
         }
+        Ok(len)
+    }
+
+    /// Parses the `len` bytes that follow a checked prefix: tag and body.
+    pub fn decode_payload(&self, mut payload: Bytes) -> Result<Frame, ProtocolError> {
+        if !payload.has_remaining() {
+            return Err(ProtocolError::malformed("frame", "zero length (no type tag)"));
+        }
+        let tag = payload.get_u8();
+        Frame::decode_body(tag, &mut payload)
+    }
+
+    /// Encodes one frame into a new buffer.
+    pub fn encode_to_bytes(&self, frame: &Frame) -> Result<Bytes, ProtocolError> {
+        let mut out = BytesMut::new();
+        self.encode(frame, &mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Takes one frame off the front of `src`. `Ok(None)` means more bytes
+    /// are needed; an error means the stream is unusable and the connection
+    /// should be closed.
+    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = self.check_prefix([src[0], src[1], src[2], src[3]])?;
         let total = 4 + len as usize;
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);
         }
         src.advance(4);
-        let mut body: Bytes = src.split_to(len as usize).freeze();
-        let tag = body.get_u8();
-        Frame::decode_body(tag, &mut body).map(Some)
+        self.decode_payload(src.split_to(len as usize).freeze()).map(Some)
     }
 
     /// Appends `frame` to `dst`. A frame over the maximum is refused and
@@ -408,7 +366,10 @@ mod tests {
                     .collect::<Vec<_>>()
             });
         prop_oneof![
-            any::<u16>().prop_map(|v| Frame::Hello(Hello { protocol_version: v })),
+            (any::<u16>(), any::<u16>()).prop_map(|(v, g)| Frame::Hello(Hello {
+                protocol_version: v,
+                grpc_port: g
+            })),
             (any::<u64>(), any::<u32>(), blocks.clone()).prop_map(|(r, s, blocks)| {
                 Frame::PushBlocks(PushBlocks {
                     request_id: r,
@@ -447,11 +408,10 @@ mod tests {
                 request_id: r,
                 total_blocks: t
             })),
-            (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(r, c, m)| {
+            (any::<u64>(), ".{0,40}").prop_map(|(r, m)| {
                 Frame::Error(ErrorFrame {
                     request_id: r,
-                    code: ErrorCode::from_code(c),
-                    message: m,
+                    error: ServiceError::Internal { reason: m },
                 })
             }),
         ]
@@ -532,7 +492,7 @@ mod tests {
             codec.decode(&mut src),
             Err(ProtocolError::Malformed { .. })
         ));
-        let mut src = BytesMut::from(&[4u8, 0, 0, 0, TAG_HELLO, 1, 0, 9][..]);
+        let mut src = BytesMut::from(&[6u8, 0, 0, 0, TAG_HELLO, 1, 0, 0, 0, 9][..]);
         assert!(matches!(
             codec.decode(&mut src),
             Err(ProtocolError::TrailingBytes { count: 1, .. })

@@ -8,6 +8,7 @@
 //! * [`records`]: how records are laid out inside a block's raw payload.
 //! * [`block`]: the block format (header + compressed, checksummed payload).
 //! * [`frame`]: the data-plane frame codec shared by every transport.
+//! * [`ServiceError`]: errors as they cross the wire (frames and gRPC).
 //!
 //! The byte layouts are documented in `protocol/FORMAT.md`.
 
@@ -17,9 +18,11 @@ pub mod frame;
 pub mod ids;
 pub mod mode;
 pub mod records;
+mod service_error;
 mod wire;
 
 pub use block::{Block, BlockHeader, BlockId, Codec};
 pub use error::ProtocolError;
 pub use ids::{AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId};
 pub use mode::{CommitManifest, ShuffleMode, ShuffleSpec, SpillStrategy};
+pub use service_error::ServiceError;

@@ -18,11 +18,47 @@ pub struct ShuffleHandle {
     app: AppId,
     shuffle: ShuffleId,
     spec: ShuffleSpec,
+    placement: Placement,
+}
+
+/// Where a shuffle's partitions live, decided at registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In this process ([`crate::EmbeddedShuffle`]).
+    Local,
+    /// Partition `p` lives on `servers[(p + offset) % servers.len()]`.
+    Spread {
+        servers: std::sync::Arc<[String]>,
+        offset: u32,
+    },
+}
+
+impl Placement {
+    /// The index of the server holding `partition`, for a spread placement.
+    pub fn server_of(&self, partition: PartitionId) -> Option<usize> {
+        match self {
+            Placement::Local => None,
+            Placement::Spread { servers, offset } => {
+                let n = servers.len().max(1) as u64;
+                Some(((u64::from(partition.0) + u64::from(*offset)) % n) as usize)
+            }
+        }
+    }
 }
 
 impl ShuffleHandle {
-    pub(crate) fn new(app: AppId, shuffle: ShuffleId, spec: ShuffleSpec) -> Self {
-        ShuffleHandle { app, shuffle, spec }
+    pub(crate) fn new(app: AppId, shuffle: ShuffleId, spec: ShuffleSpec, placement: Placement) -> Self {
+        ShuffleHandle {
+            app,
+            shuffle,
+            spec,
+            placement,
+        }
+    }
+
+    /// Where the partitions live.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// The owning application.

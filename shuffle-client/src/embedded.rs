@@ -15,6 +15,7 @@ use protocol::{
 use shuffle_server::storage::{PartitionReader, Store, StoreConfig, StoreStats};
 
 use crate::batching::Batcher;
+use crate::client::Placement;
 use crate::{
     ClientError, CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
     ShuffleStatus, ShuffleWriter, WriteStats, WriterOptions,
@@ -62,7 +63,7 @@ impl ShuffleClient for EmbeddedShuffle {
         spec: ShuffleSpec,
     ) -> Result<ShuffleHandle, ClientError> {
         self.store.register_shuffle(app, shuffle, spec)?;
-        Ok(ShuffleHandle::new(app.clone(), shuffle, spec))
+        Ok(ShuffleHandle::new(app.clone(), shuffle, spec, Placement::Local))
     }
 
     async fn open_writer(

@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use protocol::{
-    AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec,
+    AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ServiceError, ShuffleId, ShuffleMode,
+    ShuffleSpec,
 };
 use shuffle_server::{ChecksumSite, ServerError};
 
@@ -12,8 +13,8 @@ use shuffle_server::{ChecksumSite, ServerError};
 /// ([`ClientError::loses_data`]), so an engine decides by matching.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// An argument is invalid (a spec, a manifest, a record too large...).
-    /// Not retryable. No data lost.
+    /// An argument is invalid (a spec, a manifest, a record too large, a
+    /// request the server could not parse...). Not retryable. No data lost.
     #[error("invalid argument: {0}")]
     InvalidArgument(#[source] ProtocolError),
     /// A partition id is outside the shuffle. Not retryable. No data lost.
@@ -25,6 +26,10 @@ pub enum ClientError {
     /// A map id is outside the shuffle. Not retryable. No data lost.
     #[error("{map} is out of range: the shuffle has {num_maps} maps")]
     MapOutOfRange { map: MapId, num_maps: u32 },
+    /// The app is unknown to a server: it expired (no heartbeat) and its
+    /// data was deleted. Not retryable. Its data is lost.
+    #[error("app {app} is unknown to the server (expired?)")]
+    UnknownApp { app: AppId },
     /// The shuffle is not registered (or was unregistered). Not retryable.
     /// Its data, if it had any, is gone.
     #[error("unknown shuffle {shuffle} of app {app}")]
@@ -96,7 +101,7 @@ pub enum ClientError {
     /// undecodable block). Not retryable; the partition's data is lost.
     #[error("corrupt data ({location}): {reason}")]
     Corrupt { location: String, reason: String },
-    /// A file-system or transport failure. Retryable: the operation is
+    /// A file-system failure in process. Retryable: the operation is
     /// idempotent. No committed data lost.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -105,12 +110,37 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A server could not be reached, or the connection broke (refused,
+    /// reset, timed out, TLS failure, a peer that spoke garbage). Retryable:
+    /// pushes and commits are idempotent and fetches resume. No committed
+    /// data lost.
+    #[error("connection to {server}: {reason}")]
+    Connection { server: String, reason: String },
+    /// A server is out of memory credit. Retryable later. No data lost.
+    #[error("{server} is busy: {reason}")]
+    Busy { server: String, reason: String },
+    /// A server is shutting down and takes no new work. Retryable (later,
+    /// or once it is back). No committed data lost.
+    #[error("{server} is draining")]
+    Draining { server: String },
+    /// A server failed internally (a disk error...). Retryable. No
+    /// committed data lost.
+    #[error("{server} failed: {reason}")]
+    Internal { server: String, reason: String },
 }
 
 impl ClientError {
     /// True when repeating the same call may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::NotReady { .. } | ClientError::Io { .. })
+        matches!(
+            self,
+            ClientError::NotReady { .. }
+                | ClientError::Io { .. }
+                | ClientError::Connection { .. }
+                | ClientError::Busy { .. }
+                | ClientError::Draining { .. }
+                | ClientError::Internal { .. }
+        )
     }
 
     /// True when data already written cannot be read back as it was, and
@@ -121,7 +151,106 @@ impl ClientError {
             ClientError::ChecksumMismatch { .. }
                 | ClientError::Corrupt { .. }
                 | ClientError::MissingBlocks { .. }
+                | ClientError::UnknownApp { .. }
         )
+    }
+
+    /// Rebuilds the typed error a server sent (`server` names it).
+    pub fn from_service(err: ServiceError, server: &str) -> Self {
+        let server = server.to_string();
+        match err {
+            ServiceError::Malformed { reason } => ClientError::InvalidArgument(ProtocolError::Malformed {
+                what: "request",
+                reason,
+            }),
+            ServiceError::UnknownApp { app } => ClientError::UnknownApp { app },
+            ServiceError::UnknownShuffle { app, shuffle } => ClientError::UnknownShuffle { app, shuffle },
+            ServiceError::ShuffleExists {
+                app,
+                shuffle,
+                existing,
+            } => ClientError::ShuffleExists {
+                app,
+                shuffle,
+                existing,
+            },
+            ServiceError::UnsupportedMode { mode } => ClientError::UnsupportedMode { mode },
+            ServiceError::PartitionOutOfRange {
+                partition,
+                num_partitions,
+            } => ClientError::PartitionOutOfRange {
+                partition,
+                num_partitions,
+            },
+            ServiceError::MapOutOfRange { map, num_maps } => ClientError::MapOutOfRange { map, num_maps },
+            ServiceError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+                stored,
+            } => ClientError::ChecksumMismatch {
+                block,
+                expected,
+                actual,
+                site: if stored {
+                    ChecksumSite::Stored
+                } else {
+                    ChecksumSite::Received
+                },
+            },
+            ServiceError::CommitConflict {
+                map,
+                committed,
+                attempt,
+            } => ClientError::CommitConflict {
+                map,
+                committed,
+                attempt,
+            },
+            ServiceError::AttemptSuperseded {
+                map,
+                committed,
+                attempt,
+            } => ClientError::AttemptSuperseded {
+                map,
+                committed,
+                attempt,
+            },
+            ServiceError::ManifestMismatch { map, attempt } => ClientError::ManifestMismatch { map, attempt },
+            ServiceError::MissingBlocks {
+                map,
+                attempt,
+                partition,
+                expected,
+                missing_seq,
+            } => ClientError::MissingBlocks {
+                map,
+                attempt,
+                partition,
+                expected,
+                missing_seq,
+            },
+            ServiceError::NotReady {
+                shuffle,
+                committed,
+                num_maps,
+            } => ClientError::NotReady {
+                shuffle,
+                committed,
+                num_maps,
+            },
+            ServiceError::Corrupt { reason } => ClientError::Corrupt {
+                location: server,
+                reason,
+            },
+            ServiceError::Busy { reason } => ClientError::Busy { server, reason },
+            ServiceError::Draining => ClientError::Draining { server },
+            ServiceError::Internal { reason } => ClientError::Internal { server, reason },
+            ServiceError::Other { kind, message } => ClientError::Internal {
+                server,
+                reason: format!("error {kind}: {message}"),
+            },
+        }
     }
 }
 
@@ -150,93 +279,13 @@ impl From<ProtocolError> for ClientError {
 impl From<ServerError> for ClientError {
     fn from(e: ServerError) -> Self {
         match e {
-            ServerError::UnknownShuffle { app, shuffle } => ClientError::UnknownShuffle { app, shuffle },
-            ServerError::ShuffleExists {
-                app,
-                shuffle,
-                existing,
-            } => ClientError::ShuffleExists {
-                app,
-                shuffle,
-                existing,
-            },
-            ServerError::UnsupportedMode { mode } => ClientError::UnsupportedMode { mode },
-            ServerError::PartitionOutOfRange {
-                partition,
-                num_partitions,
-            } => ClientError::PartitionOutOfRange {
-                partition,
-                num_partitions,
-            },
-            ServerError::MapOutOfRange { map, num_maps } => ClientError::MapOutOfRange { map, num_maps },
-            ServerError::WrongShuffle { block, shuffle } => {
-                ClientError::InvalidArgument(ProtocolError::Malformed {
-                    what: "block",
-                    reason: format!("block {block} pushed to {shuffle}"),
-                })
-            }
-            ServerError::ChecksumMismatch {
-                block,
-                expected,
-                actual,
-                site,
-            } => ClientError::ChecksumMismatch {
-                block,
-                expected,
-                actual,
-                site,
-            },
-            ServerError::CommitConflict {
-                map,
-                committed,
-                attempt,
-            } => ClientError::CommitConflict {
-                map,
-                committed,
-                attempt,
-            },
-            ServerError::AttemptSuperseded {
-                map,
-                committed,
-                attempt,
-            } => ClientError::AttemptSuperseded {
-                map,
-                committed,
-                attempt,
-            },
-            ServerError::ManifestMismatch { map, attempt } => ClientError::ManifestMismatch { map, attempt },
-            ServerError::MissingBlocks {
-                map,
-                attempt,
-                partition,
-                expected,
-                missing_seq,
-            } => ClientError::MissingBlocks {
-                map,
-                attempt,
-                partition,
-                expected,
-                missing_seq,
-            },
-            ServerError::NotSealed {
-                shuffle,
-                committed,
-                num_maps,
-                ..
-            } => ClientError::NotReady {
-                shuffle,
-                committed,
-                num_maps,
-            },
+            ServerError::Io { op, path, source } => ClientError::Io { op, path, source },
             ServerError::CorruptFile { path, reason } => ClientError::Corrupt {
                 location: path.display().to_string(),
                 reason,
             },
             ServerError::Protocol(p) => p.into(),
-            ServerError::InvalidConfig { field, reason } => {
-                ClientError::InvalidArgument(ProtocolError::Malformed { what: field, reason })
-            }
-            ServerError::Io { op, path, source } => ClientError::Io { op, path, source },
+            other => ClientError::from_service(other.to_service_error(), "embedded"),
         }
     }
 }

@@ -10,19 +10,22 @@
 //!   for engines that build blocks themselves.
 //!
 //! Implementations: [`EmbeddedShuffle`] (in process, over the server's
-//! storage library). Every implementation passes the conformance suite in
+//! storage library) and [`RemoteShuffle`] (shuffle servers over TCP or
+//! QUIC, one or many). Every implementation passes the conformance suite in
 //! `tests/conformance`.
 
 mod batching;
 mod client;
 pub mod embedded;
 mod error;
+pub mod remote;
 
 pub use batching::WriterOptions;
 pub use client::{
-    CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleStatus,
-    ShuffleWriter, WriteStats,
+    CommitAck, Placement, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
+    ShuffleStatus, ShuffleWriter, WriteStats,
 };
 pub use embedded::EmbeddedShuffle;
 pub use error::ClientError;
 pub use protocol;
+pub use remote::{QuicTrust, RemoteOptions, RemoteShuffle, ServerUrl};

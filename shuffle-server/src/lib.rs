@@ -1,15 +1,38 @@
 //! The shuffle server as a library.
 //!
 //! * [`storage`]: partition files aggregated by reduce partition, the
-//!   write-time index, map-attempt commits, the seal (made durable by a meta
-//!   file, from which sealed shuffles are restored at start-up), and mmap
-//!   reads.
+//!   write-time index, map-attempt commits, the seal, mmap reads, and
+//!   recovery of sealed shuffles after a restart.
+//! * [`run`]: the daemon on bound [`Listeners`]: the TCP and QUIC data
+//!   plane, the gRPC control plane, HTTP metrics and health, the memory
+//!   budget, app expiry, and draining on shutdown.
+//! * [`proto`]: the generated gRPC types (server and client stubs).
 //!
-//! The network services (TCP/QUIC data plane, gRPC control plane, metrics)
-//! are built on top of [`storage::Store`]; the in-process
-//! `EmbeddedShuffle` of the `shuffle-client` crate uses the same store.
+//! The in-process `EmbeddedShuffle` of `shuffle-client` drives the same
+//! [`storage::Store`].
 
+mod budget;
+pub mod config;
+mod data;
+pub mod disk;
 mod error;
+mod grpc;
+mod http;
+mod local;
+pub mod metrics;
+mod server;
+mod state;
 pub mod storage;
+pub mod tls;
+mod wire_errors;
 
 pub use error::{ChecksumSite, ServerError};
+pub use local::LocalServer;
+pub use server::{run, BoundAddrs, Listeners};
+pub use wire_errors::to_status;
+
+/// Generated control-plane types (`protocol/proto/rss/v1/control.proto`).
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("rss.v1");
+}

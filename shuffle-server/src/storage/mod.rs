@@ -122,6 +122,8 @@ pub struct Store {
     counters: Arc<Counters>,
     fsync_on_seal: bool,
     recovery: RecoveryReport,
+    /// Bytes appended to partition files, per data dir, since opening.
+    written_by_dir: Box<[AtomicU64]>,
 }
 
 impl Store {
@@ -139,6 +141,7 @@ impl Store {
             .map(|state| ((state.app.clone(), state.id), Arc::new(state)))
             .collect();
         Ok(Store {
+            written_by_dir: layout.data_dirs().iter().map(|_| AtomicU64::new(0)).collect(),
             layout,
             shuffles: RwLock::new(shuffles),
             files: FileBudget::new(config.max_open_files),
@@ -256,10 +259,13 @@ impl Store {
         for block in blocks {
             if state.append(block, &self.files)? {
                 outcome.stored += 1;
+                let len = block.encoded_len() as u64;
                 self.counters.blocks_stored.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .bytes_stored
-                    .fetch_add(block.encoded_len() as u64, Ordering::Relaxed);
+                self.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
+                let dir = self.layout.dir_index(app, shuffle, block.id().partition);
+                if let Some(written) = self.written_by_dir.get(dir) {
+                    written.fetch_add(len, Ordering::Relaxed);
+                }
             } else {
                 outcome.duplicates += 1;
                 self.counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +387,17 @@ impl Store {
             }
         }
         self.layout.data_dirs().iter().cloned().zip(totals).collect()
+    }
+
+    /// Bytes appended to partition files since the store was opened, per
+    /// data directory (for the flush metrics).
+    pub fn written_bytes_by_dir(&self) -> Vec<(PathBuf, u64)> {
+        self.layout
+            .data_dirs()
+            .iter()
+            .zip(self.written_by_dir.iter())
+            .map(|(d, w)| (d.clone(), w.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Flushes (fsync) every partition file currently open for appending,

@@ -1,0 +1,558 @@
+//! `RemoteShuffle`: the `ShuffleClient` for shuffle servers over the
+//! network, one server or many.
+//!
+//! * Placement: a shuffle's partitions are spread round-robin over the
+//!   servers at registration, from an offset derived from (app, shuffle);
+//!   the placement travels in the [`ShuffleHandle`].
+//! * Pushes: a writer batches blocks per server and keeps a bounded number
+//!   of pushes in flight; a push that fails on a connection error is sent
+//!   again (the server drops the duplicates).
+//! * Commits go to every server in a fixed order (server 0 first), so that
+//!   two racing attempts of a map cannot each win a different server: the
+//!   loser is refused by server 0 and stops.
+//! * Fetches stream, and resume from the next block after a broken
+//!   connection.
+//! * Apps are registered on first use and kept alive by a heartbeat task
+//!   until they are unregistered or the client is dropped.
+
+mod conn;
+mod control;
+mod reader;
+mod tls;
+mod url;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use protocol::frame::{Frame, PushBlocks};
+use protocol::{
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+};
+use shuffle_server::proto;
+
+use self::conn::DataClient;
+use self::control::Control;
+pub use self::reader::RemoteReader;
+pub use self::tls::QuicTrust;
+pub use self::url::{ServerUrl, Transport};
+pub use self::writer::RemoteWriter;
+use crate::batching::Batcher;
+use crate::client::Placement;
+use crate::{ClientError, CommitAck, PushAck, ShuffleClient, ShuffleHandle, ShuffleStatus, WriterOptions};
+
+/// Settings of a [`RemoteShuffle`].
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Longest wait to connect (TCP, QUIC handshake, hello). Default 5 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply or the next fetch frame. A push may wait for
+    /// server memory credit, so this is generous. Default 120 s.
+    pub request_timeout: Duration,
+    /// Retries of a push, commit or fetch after a retryable error.
+    /// Default 5.
+    pub max_retries: u32,
+    /// First retry delay, doubled each time. Default 50 ms.
+    pub retry_backoff: Duration,
+    /// Bytes of blocks sent per push request. Default 4 MiB.
+    pub push_batch_bytes: usize,
+    /// Push requests in flight per writer. Default 4.
+    pub max_in_flight_pushes: usize,
+    /// How QUIC servers are trusted. Default: none (QUIC URLs fail).
+    pub quic_trust: QuicTrust,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(120),
+            max_retries: 5,
+            retry_backoff: Duration::from_millis(50),
+            push_batch_bytes: 4 << 20,
+            max_in_flight_pushes: 4,
+            quic_trust: QuicTrust::None,
+        }
+    }
+}
+
+/// One server: its data plane and its control plane.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pub data: DataClient,
+    pub control: Control,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub servers: Vec<Arc<Server>>,
+    pub urls: Arc<[String]>,
+    pub options: RemoteOptions,
+    next_request: AtomicU64,
+    heartbeats: Mutex<HashMap<AppId, tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, task) in self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    pub fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Retries `op` on retryable errors, with exponential backoff.
+    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut delay = self.options.retry_backoff;
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e)
+                    if e.is_retryable()
+                        && !matches!(e, ClientError::NotReady { .. })
+                        && attempt < self.options.max_retries =>
+                {
+                    tracing::debug!(attempt, "retrying after: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One push of blocks to server `index`, retried on connection errors.
+    pub async fn push(
+        &self,
+        index: usize,
+        app: &AppId,
+        shuffle: ShuffleId,
+        blocks: Vec<Block>,
+    ) -> Result<PushAck, ClientError> {
+        let server = &self.servers[index];
+        let frame = Frame::PushBlocks(PushBlocks {
+            request_id: self.request_id(),
+            app: app.clone(),
+            shuffle,
+            blocks,
+        });
+        self.retry(|| async {
+            let mut stream = server.data.open().await?;
+            let result = async {
+                stream.send(&frame).await?;
+                stream.recv(self.options.request_timeout).await
+            }
+            .await;
+            match result {
+                Ok(Some(Frame::PushAck(ack))) => {
+                    server.data.give_back(stream);
+                    Ok(PushAck {
+                        stored: ack.stored,
+                        duplicates: ack.duplicates,
+                    })
+                }
+                Ok(Some(Frame::Error(e))) => {
+                    server.data.give_back(stream);
+                    Err(ClientError::from_service(e.error, &server.name))
+                }
+                Ok(other) => {
+                    server.data.reset();
+                    Err(server
+                        .data
+                        .error(format!("unexpected reply to a push: {other:?}")))
+                }
+                Err(e) => {
+                    server.data.reset();
+                    Err(server.data.error(e))
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Shuffle servers over TCP or QUIC, as a [`ShuffleClient`].
+#[derive(Clone, Debug)]
+pub struct RemoteShuffle {
+    inner: Arc<Inner>,
+}
+
+impl RemoteShuffle {
+    /// Connects to every server (a data-plane hello, which also tells each
+    /// server's control-plane port). Fails on the first unreachable server.
+    pub async fn connect(urls: &[ServerUrl], options: RemoteOptions) -> Result<Self, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
+                what: "server list",
+                reason: "at least one shuffle server URL is required".into(),
+            }));
+        }
+        let mut servers = Vec::with_capacity(urls.len());
+        for url in urls {
+            let data = DataClient::new(url.clone(), options.connect_timeout, &options.quic_trust)?;
+            let grpc_port = data.hello().await?;
+            let name = url.to_string();
+            let control = Control::new(
+                name.clone(),
+                &url.authority_with_port(grpc_port),
+                options.connect_timeout,
+            )?;
+            servers.push(Arc::new(Server { data, control, name }));
+        }
+        let names: Vec<String> = urls.iter().map(ToString::to_string).collect();
+        Ok(RemoteShuffle {
+            inner: Arc::new(Inner {
+                servers,
+                urls: names.into(),
+                options,
+                next_request: AtomicU64::new(1),
+                heartbeats: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Parses comma-separated URLs and connects.
+    pub async fn connect_str(urls: &str, options: RemoteOptions) -> Result<Self, ClientError> {
+        let urls: Vec<ServerUrl> = urls
+            .split(',')
+            .map(|u| u.trim().parse::<ServerUrl>())
+            .collect::<Result<_, _>>()
+            .map_err(ClientError::InvalidArgument)?;
+        Self::connect(&urls, options).await
+    }
+
+    /// The servers, in placement order.
+    pub fn servers(&self) -> &[String] {
+        &self.inner.urls
+    }
+
+    /// Checks that `handle` was placed over this client's servers.
+    fn placement_of(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
+        match handle.placement() {
+            Placement::Spread { servers, .. } if *servers == self.inner.urls => Ok(()),
+            other => Err(ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
+                what: "shuffle handle",
+                reason: format!(
+                    "placed over {other:?}, not over this client's servers {:?}",
+                    self.inner.urls
+                ),
+            })),
+        }
+    }
+
+    fn server_index(&self, handle: &ShuffleHandle, partition: PartitionId) -> Result<usize, ClientError> {
+        let n = handle.spec().num_partitions();
+        if partition.0 >= n {
+            return Err(ClientError::PartitionOutOfRange {
+                partition,
+                num_partitions: n,
+            });
+        }
+        handle.placement().server_of(partition).ok_or_else(|| {
+            ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
+                what: "shuffle handle",
+                reason: "not placed on remote servers".into(),
+            })
+        })
+    }
+
+    /// Registers the app on every server once and starts its heartbeat.
+    async fn ensure_app(&self, app: &AppId) -> Result<(), ClientError> {
+        if self
+            .inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(app)
+        {
+            return Ok(());
+        }
+        let mut expires = Duration::from_secs(120);
+        for server in &self.inner.servers {
+            let request = proto::AppRequest {
+                app_id: app.to_string(),
+            };
+            let reply = self
+                .inner
+                .retry(|| {
+                    let mut c = server.control.client.clone();
+                    let request = request.clone();
+                    async move { c.register_app(request).await.map_err(|s| server.control.error(s)) }
+                })
+                .await?;
+            expires = expires.min(Duration::from_millis(reply.into_inner().expires_in_ms.max(400)));
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let app_id = app.clone();
+        let task = tokio::spawn(async move {
+            let period = expires / 4;
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = weak.upgrade() else { return };
+                for server in &inner.servers {
+                    let mut c = server.control.client.clone();
+                    let request = proto::AppRequest {
+                        app_id: app_id.to_string(),
+                    };
+                    if let Err(status) = c.heartbeat(request).await {
+                        tracing::warn!(app = %app_id, server = %server.name, "heartbeat failed: {}", status.message());
+                    }
+                }
+            }
+        });
+        let previous = self
+            .inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(app.clone(), task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+        Ok(())
+    }
+
+    /// Calls `f` on every server's control plane, in order, with retries.
+    async fn on_every_server<T, F, Fut>(&self, f: F) -> Result<Vec<T>, ClientError>
+    where
+        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut out = Vec::with_capacity(self.inner.servers.len());
+        for server in &self.inner.servers {
+            let reply = self
+                .inner
+                .retry(|| {
+                    let fut = f(server.control.client.clone());
+                    async move { fut.await.map_err(|s| server.control.error(s)) }
+                })
+                .await?;
+            out.push(reply.into_inner());
+        }
+        Ok(out)
+    }
+}
+
+fn shuffle_ref(handle: &ShuffleHandle) -> proto::ShuffleRef {
+    proto::ShuffleRef {
+        app_id: handle.app().to_string(),
+        shuffle_id: handle.shuffle().0,
+    }
+}
+
+fn placement_offset(app: &AppId, shuffle: ShuffleId, servers: usize) -> u32 {
+    let h = app
+        .as_str()
+        .bytes()
+        .chain(shuffle.0.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    (h % servers.max(1) as u64) as u32
+}
+
+impl ShuffleClient for RemoteShuffle {
+    type Writer = RemoteWriter;
+    type Reader = RemoteReader;
+
+    async fn register_shuffle(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        spec: ShuffleSpec,
+    ) -> Result<ShuffleHandle, ClientError> {
+        self.ensure_app(app).await?;
+        let request = proto::RegisterShuffleRequest {
+            app_id: app.to_string(),
+            shuffle_id: shuffle.0,
+            num_maps: spec.num_maps(),
+            num_partitions: spec.num_partitions(),
+            mode: u32::from(spec.mode().code()),
+        };
+        self.on_every_server(|mut c| {
+            let request = request.clone();
+            async move { c.register_shuffle(request).await }
+        })
+        .await?;
+        let placement = Placement::Spread {
+            servers: self.inner.urls.clone(),
+            offset: placement_offset(app, shuffle, self.inner.servers.len()),
+        };
+        Ok(ShuffleHandle::new(app.clone(), shuffle, spec, placement))
+    }
+
+    async fn open_writer(
+        &self,
+        handle: &ShuffleHandle,
+        map: MapId,
+        attempt: AttemptId,
+        options: WriterOptions,
+    ) -> Result<RemoteWriter, ClientError> {
+        self.placement_of(handle)?;
+        let num_maps = handle.spec().num_maps();
+        if map.0 >= num_maps {
+            return Err(ClientError::MapOutOfRange { map, num_maps });
+        }
+        let batcher = Batcher::new(
+            handle.shuffle(),
+            map,
+            attempt,
+            handle.spec().num_partitions(),
+            options,
+        );
+        Ok(RemoteWriter::new(self.inner.clone(), handle.clone(), batcher))
+    }
+
+    async fn push_blocks(&self, handle: &ShuffleHandle, blocks: Vec<Block>) -> Result<PushAck, ClientError> {
+        self.placement_of(handle)?;
+        if blocks.is_empty() {
+            // Nothing to send; still answer whether the shuffle exists.
+            self.shuffle_status(handle).await?;
+            return Ok(PushAck::default());
+        }
+        let mut per_server: Vec<Vec<Block>> = vec![Vec::new(); self.inner.servers.len()];
+        for block in blocks {
+            per_server[self.server_index(handle, block.id().partition)?].push(block);
+        }
+        let mut total = PushAck::default();
+        for (index, blocks) in per_server.into_iter().enumerate() {
+            if blocks.is_empty() {
+                continue;
+            }
+            let ack = self
+                .inner
+                .push(index, handle.app(), handle.shuffle(), blocks)
+                .await?;
+            total.stored += ack.stored;
+            total.duplicates += ack.duplicates;
+        }
+        Ok(total)
+    }
+
+    async fn commit_map(
+        &self,
+        handle: &ShuffleHandle,
+        map: MapId,
+        attempt: AttemptId,
+        manifest: CommitManifest,
+    ) -> Result<CommitAck, ClientError> {
+        self.placement_of(handle)?;
+        commit_on_every_server(&self.inner, handle, map, attempt, &manifest).await
+    }
+
+    async fn open_reader(
+        &self,
+        handle: &ShuffleHandle,
+        partition: PartitionId,
+        maps: MapRange,
+    ) -> Result<RemoteReader, ClientError> {
+        self.placement_of(handle)?;
+        let index = self.server_index(handle, partition)?;
+        RemoteReader::open(self.inner.clone(), index, handle, partition, maps).await
+    }
+
+    async fn shuffle_status(&self, handle: &ShuffleHandle) -> Result<ShuffleStatus, ClientError> {
+        self.placement_of(handle)?;
+        let request = shuffle_ref(handle);
+        let replies = self
+            .on_every_server(|mut c| {
+                let request = request.clone();
+                async move { c.shuffle_status(request).await }
+            })
+            .await?;
+        Ok(ShuffleStatus {
+            committed_maps: replies.iter().map(|r| r.committed_maps).min().unwrap_or(0),
+            num_maps: handle.spec().num_maps(),
+            sealed: replies.iter().all(|r| r.sealed),
+            stored_bytes: replies.iter().map(|r| r.stored_bytes).sum(),
+        })
+    }
+
+    async fn unregister_shuffle(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
+        self.placement_of(handle)?;
+        let request = shuffle_ref(handle);
+        self.on_every_server(|mut c| {
+            let request = request.clone();
+            async move { c.unregister_shuffle(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn unregister_app(&self, app: &AppId) -> Result<(), ClientError> {
+        if let Some(task) = self
+            .inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(app)
+        {
+            task.abort();
+        }
+        let request = proto::AppRequest {
+            app_id: app.to_string(),
+        };
+        self.on_every_server(|mut c| {
+            let request = request.clone();
+            async move { c.unregister_app(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Commits on server 0 first, then the others in order, each with the part
+/// of the manifest it holds. See the module docs for why the order matters.
+pub(crate) async fn commit_on_every_server(
+    inner: &Inner,
+    handle: &ShuffleHandle,
+    map: MapId,
+    attempt: AttemptId,
+    manifest: &CommitManifest,
+) -> Result<CommitAck, ClientError> {
+    let mut sealed = true;
+    for (index, server) in inner.servers.iter().enumerate() {
+        let blocks: Vec<proto::BlockCount> = manifest
+            .entries()
+            .iter()
+            .filter(|(p, _)| handle.placement().server_of(*p) == Some(index))
+            .map(|(p, n)| proto::BlockCount {
+                partition: p.0,
+                blocks: *n,
+            })
+            .collect();
+        let request = proto::CommitMapRequest {
+            app_id: handle.app().to_string(),
+            shuffle_id: handle.shuffle().0,
+            map_id: map.0,
+            attempt_id: attempt.0,
+            blocks,
+        };
+        let reply = inner
+            .retry(|| {
+                let mut c = server.control.client.clone();
+                let request = request.clone();
+                async move { c.commit_map(request).await.map_err(|s| server.control.error(s)) }
+            })
+            .await?;
+        sealed &= reply.into_inner().sealed;
+    }
+    Ok(CommitAck { sealed })
+}

@@ -1,0 +1,162 @@
+//! The remote reader: one fetch stream per partition, resumed from the next
+//! block if the connection breaks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use protocol::frame::{FetchRequest, Frame};
+use protocol::{Block, MapRange, PartitionId};
+
+use super::conn::Stream;
+use super::Inner;
+use crate::{ClientError, ReadStats, RecordBatch, ShuffleHandle, ShuffleReader};
+
+/// Reader of one partition on a remote server.
+#[derive(Debug)]
+pub struct RemoteReader {
+    inner: Arc<Inner>,
+    server: usize,
+    request: FetchRequest,
+    stream: Option<Stream>,
+    pending: VecDeque<Block>,
+    /// Stream position of the next block handed out.
+    position: u64,
+    done: bool,
+    retries: u32,
+    stats: ReadStats,
+}
+
+enum Step {
+    Blocks,
+    End,
+}
+
+impl RemoteReader {
+    pub(crate) async fn open(
+        inner: Arc<Inner>,
+        server: usize,
+        handle: &ShuffleHandle,
+        partition: PartitionId,
+        maps: MapRange,
+    ) -> Result<Self, ClientError> {
+        let request = FetchRequest {
+            request_id: inner.request_id(),
+            app: handle.app().clone(),
+            shuffle: handle.shuffle(),
+            partition,
+            maps,
+            resume_from: 0,
+        };
+        let mut reader = RemoteReader {
+            inner,
+            server,
+            request,
+            stream: None,
+            pending: VecDeque::new(),
+            position: 0,
+            done: false,
+            retries: 0,
+            stats: ReadStats::default(),
+        };
+        // Read the first frame now, so that a refusal (not sealed, unknown
+        // shuffle...) is reported by `open_reader`, as in process.
+        reader.fill().await?;
+        Ok(reader)
+    }
+
+    /// Receives frames until blocks are pending or the stream ended.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        while self.pending.is_empty() && !self.done {
+            match self.step().await {
+                Ok(_) => {}
+                Err(e) if e.is_retryable() && self.retries < self.inner.options.max_retries => {
+                    self.retries += 1;
+                    self.stream = None;
+                    let server = &self.inner.servers[self.server];
+                    server.data.reset();
+                    tracing::debug!(position = self.position, "fetch interrupted, resuming: {e}");
+                    let delay = self
+                        .inner
+                        .options
+                        .retry_backoff
+                        .saturating_mul(1 << self.retries.min(6));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self) -> Result<Step, ClientError> {
+        let server = self.inner.servers[self.server].clone();
+        if self.stream.is_none() {
+            let mut stream = server.data.open().await?;
+            self.request.resume_from = self.position;
+            stream
+                .send(&Frame::Fetch(self.request.clone()))
+                .await
+                .map_err(|e| server.data.error(e))?;
+            self.stream = Some(stream);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(server.data.error("no stream"));
+        };
+        let frame = stream
+            .recv(self.inner.options.request_timeout)
+            .await
+            .map_err(|e| server.data.error(e))?;
+        match frame {
+            Some(Frame::FetchBlocks(f)) => {
+                if f.first_index != self.position {
+                    return Err(server.data.error(format!(
+                        "fetch stream skipped: expected block {}, got {}",
+                        self.position, f.first_index
+                    )));
+                }
+                self.pending.extend(f.blocks);
+                Ok(Step::Blocks)
+            }
+            Some(Frame::FetchEnd(end)) => {
+                if end.total_blocks != self.position {
+                    return Err(ClientError::Corrupt {
+                        location: server.name.clone(),
+                        reason: format!("stream ended at block {} of {}", self.position, end.total_blocks),
+                    });
+                }
+                self.done = true;
+                if let Some(stream) = self.stream.take() {
+                    server.data.give_back(stream);
+                }
+                Ok(Step::End)
+            }
+            Some(Frame::Error(e)) => {
+                self.stream = None;
+                Err(ClientError::from_service(e.error, &server.name))
+            }
+            Some(other) => Err(server
+                .data
+                .error(format!("unexpected frame in a fetch stream: {other:?}"))),
+            None => Err(server.data.error("connection closed mid-stream")),
+        }
+    }
+}
+
+impl ShuffleReader for RemoteReader {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClientError> {
+        self.fill().await?;
+        let Some(block) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let batch = RecordBatch::from_block(&block)?;
+        self.position += 1;
+        self.stats.blocks += 1;
+        self.stats.records += u64::from(block.header.record_count);
+        self.stats.fetched_bytes += block.encoded_len() as u64;
+        Ok(Some(batch))
+    }
+
+    fn stats(&self) -> ReadStats {
+        self.stats
+    }
+}

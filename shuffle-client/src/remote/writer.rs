@@ -1,0 +1,109 @@
+//! The remote writer: records are batched into blocks, blocks into one
+//! push per server, and pushes run in the background, a bounded number at
+//! a time (backpressure: `write` waits when the limit is reached).
+
+use std::sync::Arc;
+
+use protocol::Block;
+use tokio::task::JoinSet;
+
+use super::{commit_on_every_server, Inner};
+use crate::batching::Batcher;
+use crate::{ClientError, PushAck, ShuffleHandle, ShuffleWriter, WriteStats};
+
+/// Writer of one map attempt to remote servers.
+#[derive(Debug)]
+pub struct RemoteWriter {
+    inner: Arc<Inner>,
+    handle: ShuffleHandle,
+    batcher: Batcher,
+    ready: Vec<Block>,
+    /// Blocks waiting to be pushed, per server, and their bytes.
+    pending: Vec<(Vec<Block>, usize)>,
+    in_flight: JoinSet<Result<PushAck, ClientError>>,
+}
+
+impl RemoteWriter {
+    pub(crate) fn new(inner: Arc<Inner>, handle: ShuffleHandle, batcher: Batcher) -> Self {
+        let servers = inner.servers.len();
+        RemoteWriter {
+            inner,
+            handle,
+            batcher,
+            ready: Vec::new(),
+            pending: (0..servers).map(|_| (Vec::new(), 0)).collect(),
+            in_flight: JoinSet::new(),
+        }
+    }
+
+    /// Routes sealed blocks to their servers; sends full batches.
+    async fn route_ready(&mut self) -> Result<(), ClientError> {
+        for block in std::mem::take(&mut self.ready) {
+            let index = self
+                .handle
+                .placement()
+                .server_of(block.id().partition)
+                .unwrap_or(0)
+                .min(self.pending.len() - 1);
+            let slot = &mut self.pending[index];
+            slot.1 += block.encoded_len();
+            slot.0.push(block);
+            if slot.1 >= self.inner.options.push_batch_bytes {
+                self.send(index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a push of server `index`'s pending blocks, after waiting for a
+    /// free slot among the pushes in flight.
+    async fn send(&mut self, index: usize) -> Result<(), ClientError> {
+        let (blocks, _) = std::mem::take(&mut self.pending[index]);
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() >= self.inner.options.max_in_flight_pushes.max(1) {
+            self.join_one().await?;
+        }
+        let inner = self.inner.clone();
+        let (app, shuffle) = (self.handle.app().clone(), self.handle.shuffle());
+        self.in_flight
+            .spawn(async move { inner.push(index, &app, shuffle, blocks).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), ClientError> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => result.map(|_| ()),
+            Some(Err(join)) => Err(ClientError::Internal {
+                server: "client".into(),
+                reason: format!("push task failed: {join}"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ShuffleWriter for RemoteWriter {
+    async fn write(&mut self, partition: protocol::PartitionId, record: &[u8]) -> Result<(), ClientError> {
+        self.batcher.write(partition, record, &mut self.ready)?;
+        if !self.ready.is_empty() {
+            self.route_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<WriteStats, ClientError> {
+        self.batcher.finish(&mut self.ready)?;
+        self.route_ready().await?;
+        for index in 0..self.pending.len() {
+            self.send(index).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        let (map, attempt) = (self.batcher.map(), self.batcher.attempt());
+        commit_on_every_server(&self.inner, &self.handle, map, attempt, &self.batcher.manifest()).await?;
+        Ok(self.batcher.stats())
+    }
+}

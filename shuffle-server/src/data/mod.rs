@@ -1,0 +1,337 @@
+//! The data plane: pushes and fetches, the same over every transport.
+//!
+//! [`read_frame`] takes one frame off any byte stream, waiting for memory
+//! credit between the length prefix and the body (see `budget.rs`).
+//! [`handle_push`] and [`serve_fetch`] implement the two requests; the
+//! transports (`tcp.rs`, `quic.rs`) only move frames.
+
+pub(crate) mod quic;
+pub(crate) mod tcp;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use protocol::frame::{
+    ErrorFrame, FetchBlocks, FetchEnd, FetchRequest, Frame, FrameCodec, PushAck, PushBlocks,
+};
+use protocol::{Block, ProtocolError, ServiceError};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::budget::Credit;
+use crate::state::Shared;
+
+/// Bytes of blocks sent per `FetchBlocks` frame (one larger block is sent
+/// alone).
+pub(crate) const FETCH_CHUNK_BYTES: usize = 1 << 20;
+
+/// Which transport a request came over (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// Why a stream of frames cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
+/// Memory for the body is allocated only after its credit is granted; the
+/// credit comes back with the frame and must live as long as its data.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    shared: &Shared,
+    codec: &FrameCodec,
+) -> Result<Option<(Frame, Credit)>, ReadError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = reader.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(ProtocolError::Truncated {
+                what: "frame length",
+                needed: 4,
+                available: got as u64,
+            }
+            .into());
+        }
+        got += n;
+    }
+    let len = codec.check_prefix(prefix)?;
+    let credit = shared.budget.acquire(len).await;
+    let mut body = BytesMut::with_capacity(len as usize);
+    while body.len() < len as usize {
+        let want = len as usize - body.len();
+        if (&mut *reader).take(want as u64).read_buf(&mut body).await? == 0 {
+            return Err(ProtocolError::Truncated {
+                what: "frame",
+                needed: u64::from(len),
+                available: body.len() as u64,
+            }
+            .into());
+        }
+    }
+    let frame = codec.decode_payload(body.freeze())?;
+    Ok(Some((frame, credit)))
+}
+
+pub(crate) fn error_frame(request_id: u64, error: ServiceError) -> Frame {
+    Frame::Error(ErrorFrame { request_id, error })
+}
+
+/// Encodes a frame the server built. Replies are encoded against the
+/// protocol's default limit (64 MiB), which a fetch chunk (1 MiB plus at
+/// most one 32 MiB block) always fits, whatever limit requests have.
+pub(crate) fn encode(frame: &Frame) -> Bytes {
+    match FrameCodec::default().encode_to_bytes(frame) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!("encoding a reply failed: {e}");
+            let fallback = error_frame(
+                0,
+                ServiceError::Internal {
+                    reason: e.to_string(),
+                },
+            );
+            FrameCodec::default()
+                .encode_to_bytes(&fallback)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Stores a push; returns the reply frame. The push's credit is released
+/// when its blocks are on disk (or refused).
+pub(crate) async fn handle_push(
+    shared: &Arc<Shared>,
+    push: PushBlocks,
+    credit: Credit,
+    transport: Transport,
+) -> Frame {
+    let _in_flight = shared.pushes.enter();
+    let started = Instant::now();
+    let request_id = push.request_id;
+    if let Err(e) = shared.refuse_if_draining() {
+        shared
+            .metrics
+            .push_requests
+            .with_label_values(&["rejected"])
+            .inc();
+        return error_frame(request_id, e);
+    }
+    let bytes: u64 = push.blocks.iter().map(|b| b.encoded_len() as u64).sum();
+    shared
+        .metrics
+        .push_bytes
+        .with_label_values(&[transport.label()])
+        .inc_by(bytes);
+    let store = shared.store.clone();
+    let app = push.app.clone();
+    let shuffle = push.shuffle;
+    let blocks: Vec<Block> = push.blocks;
+    let outcome = tokio::task::spawn_blocking(move || store.push(&app, shuffle, &blocks)).await;
+    drop(credit);
+    shared
+        .metrics
+        .push_duration
+        .observe(started.elapsed().as_secs_f64());
+    let result = match outcome {
+        Ok(Ok(outcome)) => {
+            shared.apps.heartbeat(&push.app);
+            shared.metrics.push_requests.with_label_values(&["ok"]).inc();
+            shared
+                .metrics
+                .duplicate_blocks_dropped
+                .inc_by(u64::from(outcome.duplicates));
+            return Frame::PushAck(PushAck {
+                request_id,
+                stored: outcome.stored,
+                duplicates: outcome.duplicates,
+            });
+        }
+        Ok(Err(e)) => e.to_service_error(),
+        Err(join) => ServiceError::Internal {
+            reason: format!("push task failed: {join}"),
+        },
+    };
+    if matches!(result, ServiceError::ChecksumMismatch { .. }) {
+        shared.metrics.checksum_mismatches.inc();
+    }
+    shared
+        .metrics
+        .push_requests
+        .with_label_values(&["rejected"])
+        .inc();
+    shared.rejected(&result);
+    tracing::debug!(request_id, %result, "push refused");
+    error_frame(request_id, result)
+}
+
+/// Where a fetch stream's frames go. The credit travels with the bytes and
+/// is dropped once they are written.
+pub(crate) trait FrameSink: Send {
+    fn send(
+        &mut self,
+        bytes: Bytes,
+        credit: Option<Credit>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Streams one partition: `FetchBlocks` frames from `resume_from` on, then
+/// `FetchEnd`, or an `Error` frame (after the blocks that were good).
+pub(crate) async fn serve_fetch<S: FrameSink>(
+    shared: &Arc<Shared>,
+    req: FetchRequest,
+    transport: Transport,
+    sink: &mut S,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let request_id = req.request_id;
+    let result = stream_partition(shared, &req, transport, sink).await;
+    let frame = match result {
+        Ok(Ok(total_blocks)) => {
+            shared
+                .metrics
+                .fetch_duration
+                .observe(started.elapsed().as_secs_f64());
+            Frame::FetchEnd(FetchEnd {
+                request_id,
+                total_blocks,
+            })
+        }
+        Ok(Err(e)) => {
+            if matches!(e, ServiceError::ChecksumMismatch { .. }) {
+                shared.metrics.checksum_mismatches.inc();
+            }
+            shared
+                .metrics
+                .fetch_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            tracing::debug!(request_id, %e, "fetch failed");
+            error_frame(request_id, e)
+        }
+        Err(io) => {
+            shared
+                .metrics
+                .fetch_failures
+                .with_label_values(&["connection"])
+                .inc();
+            return Err(io);
+        }
+    };
+    sink.send(encode(&frame), None).await
+}
+
+/// The blocks of a fetch; the inner result is the service outcome, the
+/// outer one the sink's.
+async fn stream_partition<S: FrameSink>(
+    shared: &Arc<Shared>,
+    req: &FetchRequest,
+    transport: Transport,
+    sink: &mut S,
+) -> std::io::Result<Result<u64, ServiceError>> {
+    if let Err(e) = shared.refuse_if_draining() {
+        return Ok(Err(e));
+    }
+    let store = shared.store.clone();
+    let (app, shuffle, partition, maps) = (req.app.clone(), req.shuffle, req.partition, req.maps);
+    let opened = tokio::task::spawn_blocking(move || store.read(&app, shuffle, partition, maps)).await;
+    let mut reader = match opened {
+        Ok(Ok(reader)) => reader,
+        Ok(Err(e)) => return Ok(Err(e.to_service_error())),
+        Err(join) => {
+            return Ok(Err(ServiceError::Internal {
+                reason: join.to_string(),
+            }))
+        }
+    };
+    let total = reader.total_blocks();
+    if req.resume_from > total {
+        return Ok(Err(ServiceError::Malformed {
+            reason: format!(
+                "resume index {} is past the stream's {total} blocks",
+                req.resume_from
+            ),
+        }));
+    }
+    reader.seek(req.resume_from);
+    shared.apps.heartbeat(&req.app);
+    loop {
+        let first_index = reader.position();
+        // Reading touches the mmap (page faults may hit the disk): off the
+        // async threads.
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut blocks = Vec::new();
+            let mut bytes = 0usize;
+            let mut failure = None;
+            while bytes < FETCH_CHUNK_BYTES {
+                match reader.next_block() {
+                    Ok(Some(block)) => {
+                        bytes += block.encoded_len();
+                        blocks.push(block);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            (reader, blocks, bytes, failure)
+        })
+        .await;
+        let (r, blocks, bytes, failure) = match chunk {
+            Ok(c) => c,
+            Err(join) => {
+                return Ok(Err(ServiceError::Internal {
+                    reason: join.to_string(),
+                }))
+            }
+        };
+        reader = r;
+        if !blocks.is_empty() {
+            let frame_len = bytes + 32;
+            let credit = shared
+                .budget
+                .acquire(u32::try_from(frame_len).unwrap_or(u32::MAX))
+                .await;
+            let frame = Frame::FetchBlocks(FetchBlocks {
+                request_id: req.request_id,
+                first_index,
+                blocks,
+            });
+            let encoded = encode(&frame);
+            shared
+                .metrics
+                .fetch_bytes
+                .with_label_values(&[transport.label()])
+                .inc_by(bytes as u64);
+            sink.send(encoded, Some(credit)).await?;
+        }
+        if let Some(e) = failure {
+            return Ok(Err(e.to_service_error()));
+        }
+        if reader.position() >= total {
+            return Ok(Ok(total));
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The QUIC data plane (quinn). Each request is one bidirectional stream:
+//! the client writes one frame (hello, push or fetch) and finishes its side;
+//! the server writes the reply (one frame, or a fetch stream) and finishes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
+use protocol::ServiceError;
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::watch;
+
+use super::tcp::frame_name;
+use super::{encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, ReadError, Transport};
+use crate::budget::Credit;
+use crate::state::Shared;
+use crate::tls::QuicIdentity;
+use crate::ServerError;
+
+/// Streams a client may have open at once on one connection.
+const MAX_STREAMS: u32 = 256;
+
+/// A QUIC endpoint on an already bound UDP socket.
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    identity: &QuicIdentity,
+) -> Result<quinn::Endpoint, ServerError> {
+    let crypto =
+        QuicServerConfig::try_from(identity.server_crypto()?).map_err(|e| ServerError::InvalidConfig {
+            field: "quic_cert",
+            reason: e.to_string(),
+        })?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(timeout) = Duration::from_secs(30).try_into() {
+        transport.max_idle_timeout(Some(timeout));
+    }
+    server.transport_config(Arc::new(transport));
+    let local = socket
+        .local_addr()
+        .map_err(ServerError::io("bind quic", "udp socket"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(ServerError::io("bind quic", local.to_string()))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| ServerError::InvalidConfig {
+        field: "quic_listen",
+        reason: "no async runtime for QUIC".into(),
+    })?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .map_err(ServerError::io("start quic endpoint", local.to_string()))
+}
+
+/// Accepts connections until `stop` turns true.
+pub(crate) async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch::Receiver<bool>) {
+    let stopped = crate::state::stopped(stop.clone());
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    tokio::spawn(connection(shared.clone(), incoming, stop.clone()));
+                }
+                None => break,
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch::Receiver<bool>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("quic handshake failed: {e}");
+            return;
+        }
+    };
+    let gauge = shared.metrics.open_connections.with_label_values(&["quic"]);
+    gauge.inc();
+    let stopped = crate::state::stopped(stop);
+    tokio::pin!(stopped);
+    loop {
+        let stream = tokio::select! {
+            s = conn.accept_bi() => s,
+            _ = &mut stopped => break,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let (shared, conn) = (shared.clone(), conn.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = request(&shared, send, recv).await {
+                        tracing::warn!(peer = %conn.remote_address(), "closing quic connection: {e}");
+                        let reason = match &e {
+                            ReadError::Protocol(_) => "malformed",
+                            ReadError::Io(_) => "connection",
+                        };
+                        shared
+                            .metrics
+                            .rejected_requests
+                            .with_label_values(&[reason])
+                            .inc();
+                        if let ReadError::Protocol(_) = e {
+                            conn.close(1u32.into(), b"malformed frame");
+                        }
+                    }
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    gauge.dec();
+}
+
+struct StreamSink(quinn::SendStream);
+
+impl FrameSink for StreamSink {
+    async fn send(&mut self, bytes: Bytes, credit: Option<Credit>) -> std::io::Result<()> {
+        let result = self.0.write_all(&bytes).await.map_err(std::io::Error::from);
+        drop(credit);
+        result
+    }
+}
+
+async fn request(
+    shared: &Arc<Shared>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), ReadError> {
+    let codec = FrameCodec::new(shared.config.max_frame_len);
+    let mut sink = StreamSink(send);
+    let Some((frame, credit)) = read_frame(&mut recv, shared, &codec).await? else {
+        return Ok(());
+    };
+    match frame {
+        Frame::Hello(h) => {
+            drop(credit);
+            let reply = if h.protocol_version == PROTOCOL_VERSION {
+                Frame::Hello(Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    grpc_port: shared.grpc_port,
+                })
+            } else {
+                error_frame(
+                    0,
+                    ServiceError::Malformed {
+                        reason: format!(
+                            "protocol version {} is not {PROTOCOL_VERSION}",
+                            h.protocol_version
+                        ),
+                    },
+                )
+            };
+            sink.send(encode(&reply), None).await?;
+        }
+        Frame::PushBlocks(push) => {
+            let reply = handle_push(shared, push, credit, Transport::Quic).await;
+            sink.send(encode(&reply), None).await?;
+        }
+        Frame::Fetch(req) => {
+            drop(credit);
+            serve_fetch(shared, req, Transport::Quic, &mut sink).await?;
+        }
+        other => {
+            let err = protocol::ProtocolError::Malformed {
+                what: "request",
+                reason: format!("a client may not send {}", frame_name(&other)),
+            };
+            let frame = error_frame(
+                0,
+                ServiceError::Malformed {
+                    reason: err.to_string(),
+                },
+            );
+            let _ = sink.send(encode(&frame), None).await;
+            return Err(err.into());
+        }
+    }
+    let _ = sink.0.finish();
+    Ok(())
+}

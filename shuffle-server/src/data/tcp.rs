@@ -1,0 +1,190 @@
+//! The TCP data plane. One connection carries many requests, told apart by
+//! request id: the reader takes frames off the socket (waiting for memory
+//! credit before each body), each request runs as its own task, and one
+//! writer task puts replies on the socket in the order they are ready.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
+use protocol::ServiceError;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::{encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, ReadError, Transport};
+use crate::budget::Credit;
+use crate::state::Shared;
+
+/// Replies queued per connection before request tasks wait for the socket.
+const OUTBOX_DEPTH: usize = 16;
+/// A client must say hello within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Outgoing {
+    bytes: Bytes,
+    _credit: Option<Credit>,
+}
+
+#[derive(Clone)]
+struct Outbox(mpsc::Sender<Outgoing>);
+
+impl FrameSink for Outbox {
+    async fn send(&mut self, bytes: Bytes, credit: Option<Credit>) -> std::io::Result<()> {
+        self.0
+            .send(Outgoing {
+                bytes,
+                _credit: credit,
+            })
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed"))
+    }
+}
+
+/// Accepts connections until `stop` turns true.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let stopped = crate::state::stopped(stop.clone());
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection(shared.clone(), stream, peer, stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("tcp accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    let gauge = shared.metrics.open_connections.with_label_values(&["tcp"]);
+    gauge.inc();
+    let _ = stream.set_nodelay(true);
+    let (read_half, mut write_half) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX_DEPTH);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            if let Err(e) = write_half.write_all(&out.bytes).await {
+                tracing::debug!(%peer, "tcp write failed: {e}");
+                break;
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+    let mut reader = BufReader::with_capacity(64 << 10, read_half);
+    let codec = FrameCodec::new(shared.config.max_frame_len);
+    let outbox = Outbox(tx);
+    let result = tokio::select! {
+        r = requests(&shared, &mut reader, &codec, &outbox) => r,
+        _ = crate::state::stopped(stop) => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(%peer, "closing tcp connection: {e}");
+        let reason = match &e {
+            ReadError::Protocol(_) => "malformed",
+            ReadError::Io(_) => "connection",
+        };
+        shared
+            .metrics
+            .rejected_requests
+            .with_label_values(&[reason])
+            .inc();
+        if let ReadError::Protocol(p) = &e {
+            let frame = error_frame(
+                0,
+                ServiceError::Malformed {
+                    reason: p.to_string(),
+                },
+            );
+            let mut out = outbox.clone();
+            let _ = out.send(encode(&frame), None).await;
+        }
+    }
+    drop(outbox);
+    // The writer drains what request tasks still send, then closes.
+    let _ = writer.await;
+    gauge.dec();
+}
+
+async fn requests(
+    shared: &Arc<Shared>,
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    codec: &FrameCodec,
+    outbox: &Outbox,
+) -> Result<(), ReadError> {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(reader, shared, codec))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
+    match hello {
+        Some((Frame::Hello(h), _)) if h.protocol_version == PROTOCOL_VERSION => {
+            let reply = Frame::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                grpc_port: shared.grpc_port,
+            });
+            outbox.clone().send(encode(&reply), None).await?;
+        }
+        Some((Frame::Hello(h), _)) => {
+            return Err(protocol::ProtocolError::Malformed {
+                what: "hello",
+                reason: format!(
+                    "protocol version {} is not {PROTOCOL_VERSION}",
+                    h.protocol_version
+                ),
+            }
+            .into())
+        }
+        Some((other, _)) => {
+            return Err(protocol::ProtocolError::Malformed {
+                what: "connection",
+                reason: format!("first frame must be hello, got {}", frame_name(&other)),
+            }
+            .into())
+        }
+        None => return Ok(()),
+    }
+    while let Some((frame, credit)) = read_frame(reader, shared, codec).await? {
+        match frame {
+            Frame::PushBlocks(push) => {
+                let (shared, mut out) = (shared.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    let reply = handle_push(&shared, push, credit, Transport::Tcp).await;
+                    let _ = out.send(encode(&reply), None).await;
+                });
+            }
+            Frame::Fetch(req) => {
+                drop(credit);
+                let (shared, mut out) = (shared.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    let _ = serve_fetch(&shared, req, Transport::Tcp, &mut out).await;
+                });
+            }
+            other => {
+                return Err(protocol::ProtocolError::Malformed {
+                    what: "request",
+                    reason: format!("a client may not send {}", frame_name(&other)),
+                }
+                .into())
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "hello",
+        Frame::PushBlocks(_) => "push",
+        Frame::PushAck(_) => "push ack",
+        Frame::Fetch(_) => "fetch",
+        Frame::FetchBlocks(_) => "fetch blocks",
+        Frame::FetchEnd(_) => "fetch end",
+        Frame::Error(_) => "error",
+    }
+}

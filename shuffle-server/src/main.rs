@@ -1,0 +1,146 @@
+//! `shuffle-server`: the shuffle service daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use shuffle_server::config::{FileConfig, ServerConfig};
+use shuffle_server::{run, Listeners};
+
+/// Stores partitioned map output on local disks and serves it to reducers.
+///
+/// Every flag can also be set in the TOML file given with --config (same
+/// names, with underscores: data_dirs, listen, memory_budget,
+/// app_timeout_secs...). Flags win over the file; the file wins over the
+/// defaults. Unknown keys and bad values are refused at start. Logs go to
+/// stderr, filtered by RUST_LOG (default: info).
+#[derive(Parser, Debug)]
+#[command(name = "shuffle-server", version)]
+struct Cli {
+    /// A data directory (repeat for several disks). Required, here or in the file.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dirs: Vec<PathBuf>,
+    /// TCP data plane address [default: 127.0.0.1:19000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// QUIC data plane address (UDP) [default: 127.0.0.1:19001].
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
+    /// gRPC control plane address [default: 127.0.0.1:19002].
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /livez, /readyz [default: 127.0.0.1:19003].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Memory for buffered push and fetch data; beyond it writers wait
+    /// (e.g. 256MiB) [default: 1GiB].
+    #[arg(long)]
+    memory_budget: Option<String>,
+    /// Largest data-plane frame accepted [default: 64MiB].
+    #[arg(long)]
+    max_frame_len: Option<String>,
+    /// Seconds without heartbeat after which an app's data is deleted [default: 120].
+    #[arg(long)]
+    app_timeout_secs: Option<f64>,
+    /// PEM certificate chain for QUIC [default: a self-signed one, generated at start].
+    #[arg(long, value_name = "FILE")]
+    quic_cert: Option<PathBuf>,
+    /// PEM private key for QUIC (with --quic-cert).
+    #[arg(long, value_name = "FILE")]
+    quic_key: Option<PathBuf>,
+    /// Write the QUIC certificate (PEM) here at start, for clients to trust.
+    #[arg(long, value_name = "FILE")]
+    quic_cert_out: Option<PathBuf>,
+    /// Do not fsync at seal (faster; sealed data may not survive a power loss).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+impl Cli {
+    fn flags(&self) -> FileConfig {
+        FileConfig {
+            data_dirs: (!self.data_dirs.is_empty()).then(|| self.data_dirs.clone()),
+            listen: self.listen,
+            quic_listen: self.quic_listen,
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            memory_budget: self.memory_budget.clone(),
+            max_frame_len: self.max_frame_len.clone(),
+            app_timeout_secs: self.app_timeout_secs,
+            quic_cert: self.quic_cert.clone(),
+            quic_key: self.quic_key.clone(),
+            fsync_on_seal: self.no_fsync.then_some(false),
+            ..FileConfig::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = ServerConfig::merge(file, cli.flags())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        if let Some(out) = &cli.quic_cert_out {
+            std::fs::write(out, listeners.quic_identity.certificate_pem())
+                .with_context(|| format!("writing the QUIC certificate to {}", out.display()))?;
+        }
+        run(config, listeners, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

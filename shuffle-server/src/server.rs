@@ -1,0 +1,265 @@
+//! `run`: the whole server on listeners bound by the caller, until the
+//! shutdown future resolves; then it drains.
+//!
+//! Drain order: mark draining (readyz 503, new shuffles and pushes refused),
+//! stop accepting connections and reading new frames, wait for in-flight
+//! pushes (up to `drain_timeout`), fsync what is open, stop the control
+//! plane and HTTP, return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::state::Shared;
+use crate::storage::{Store, StoreConfig};
+use crate::tls::QuicIdentity;
+use crate::{data, disk, grpc, http, proto, ServerError};
+
+/// The sockets a server runs on, bound before it starts (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub quic: std::net::UdpSocket,
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    /// TLS identity of the QUIC endpoint.
+    pub quic_identity: QuicIdentity,
+}
+
+/// The bound addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub tcp: SocketAddr,
+    pub quic: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the configured addresses; loads the QUIC identity from the
+    /// configured files or generates a self-signed one.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+        let identity = match (&config.quic_cert, &config.quic_key) {
+            (Some(cert), Some(key)) => QuicIdentity::from_pem_files(cert, key)?,
+            _ => QuicIdentity::self_signed(&["localhost", "127.0.0.1", "::1"])?,
+        };
+        Self::bind_addrs(
+            config.listen,
+            config.quic_listen,
+            config.grpc_listen,
+            config.http_listen,
+            identity,
+        )
+        .await
+    }
+
+    /// Binds every service on `127.0.0.1` with ports chosen by the system.
+    pub async fn bind_ephemeral(identity: QuicIdentity) -> Result<Self, ServerError> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind_addrs(any, any, any, any, identity).await
+    }
+
+    async fn bind_addrs(
+        tcp: SocketAddr,
+        quic: SocketAddr,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        quic_identity: QuicIdentity,
+    ) -> Result<Self, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(ServerError::io("bind", addr.to_string()))
+        };
+        Ok(Listeners {
+            tcp: bind(tcp).await?,
+            quic: std::net::UdpSocket::bind(quic).map_err(ServerError::io("bind", quic.to_string()))?,
+            grpc: bind(grpc).await?,
+            http: bind(http).await?,
+            quic_identity,
+        })
+    }
+
+    /// Where each service listens.
+    pub fn addrs(&self) -> Result<BoundAddrs, ServerError> {
+        let addr = |r: std::io::Result<SocketAddr>| r.map_err(ServerError::io("read address", "listener"));
+        Ok(BoundAddrs {
+            tcp: addr(self.tcp.local_addr())?,
+            quic: addr(self.quic.local_addr())?,
+            grpc: addr(self.grpc.local_addr())?,
+            http: addr(self.http.local_addr())?,
+        })
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let addrs = listeners.addrs()?;
+    let store_config = StoreConfig {
+        data_dirs: config.data_dirs.clone(),
+        max_open_files: config.max_open_files,
+        fsync_on_seal: config.fsync_on_seal,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| ServerError::io("open store", "data dirs")(std::io::Error::other(e)))??;
+    let report = store.recovery();
+    tracing::info!(
+        restored = report.restored.len(),
+        discarded = report.discarded.len(),
+        ignored = report.ignored.len(),
+        "storage recovered"
+    );
+    for path in &report.discarded {
+        tracing::info!(path = %path.display(), "discarded unsealed shuffle data");
+    }
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared::new(
+        Arc::new(store),
+        config.clone(),
+        metrics,
+        addrs.grpc.port(),
+    ));
+    let endpoint = data::quic::endpoint(listeners.quic, &listeners.quic_identity)?;
+    tracing::info!(
+        tcp = %addrs.tcp, quic = %addrs.quic, grpc = %addrs.grpc, http = %addrs.http,
+        quic_fingerprint = %listeners.quic_identity.fingerprint(),
+        "shuffle server listening"
+    );
+
+    // `stop_data` ends the data planes; `stop_all` the rest, after draining.
+    let (stop_data, data_rx) = watch::channel(false);
+    let (stop_all, all_rx) = watch::channel(false);
+    let tcp = tokio::spawn(data::tcp::serve(shared.clone(), listeners.tcp, data_rx.clone()));
+    let quic = tokio::spawn(data::quic::serve(shared.clone(), endpoint, data_rx));
+    let http_task = tokio::spawn(http::serve(shared.clone(), listeners.http, all_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping(shared.clone(), all_rx.clone()));
+    let grpc_task = {
+        let service = proto::shuffle_control_server::ShuffleControlServer::new(grpc::ControlService {
+            shared: shared.clone(),
+        });
+        let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc);
+        let stopped = crate::state::stopped(all_rx.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stopped)
+                .await
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("draining: refusing new shuffles and pushes");
+    shared.start_draining();
+    let _ = stop_data.send(true);
+    let started = Instant::now();
+    if tokio::time::timeout(config.drain_timeout, shared.pushes.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = shared.pushes.count(),
+            "drain timeout: in-flight pushes abandoned"
+        );
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.sync_all()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("flush on drain failed: {e}"),
+        Err(e) => tracing::error!("flush on drain failed: {e}"),
+    }
+    let _ = stop_all.send(true);
+    let _ = tokio::join!(tcp, quic, http_task, housekeeping);
+    match grpc_task.await {
+        Ok(Err(e)) => tracing::warn!("grpc server ended with: {e}"),
+        Err(e) => tracing::warn!("grpc task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained, exiting");
+    Ok(())
+}
+
+/// Expires silent apps and refreshes disk and gauge metrics.
+async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.config.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopped = crate::state::stopped(stop);
+    tokio::pin!(stopped);
+    let mut written_before: Vec<u64> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stopped => return,
+        }
+        // Flush counters follow the store's cumulative per-disk counts.
+        let written = shared.store.written_bytes_by_dir();
+        written_before.resize(written.len(), 0);
+        for ((path, now), before) in written.iter().zip(written_before.iter_mut()) {
+            let delta = now.saturating_sub(*before);
+            *before = *now;
+            let label = path.display().to_string();
+            shared
+                .metrics
+                .flush_bytes
+                .with_label_values(&[&label])
+                .inc_by(delta);
+            // Only blocking shuffles are served yet, and they persist everything.
+            shared
+                .metrics
+                .spill_bytes
+                .with_label_values(&["blocking"])
+                .inc_by(delta);
+        }
+        for app in shared.apps.take_expired(Instant::now()) {
+            tracing::info!(%app, "app expired: no heartbeat, deleting its data");
+            shared.metrics.expired_applications.inc();
+            let store = shared.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.unregister_app(&app)).await;
+            if let Ok(Err(e)) = result {
+                tracing::error!("deleting an expired app failed: {e}");
+            }
+        }
+        let shared2 = shared.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let dirs = shared2.store.stored_bytes_by_dir();
+            dirs.into_iter()
+                .map(|(path, stored)| (disk::probe(&path), path, stored))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        if let Ok(disks) = checked {
+            let mut any_writable = false;
+            for (probe, path, stored) in disks {
+                let label = path.display().to_string();
+                any_writable |= probe.writable;
+                let m = &shared.metrics;
+                m.stored_bytes
+                    .with_label_values(&[&label])
+                    .set(i64::try_from(stored).unwrap_or(i64::MAX));
+                if let Some(free) = probe.free_bytes {
+                    m.disk_free_bytes
+                        .with_label_values(&[&label])
+                        .set(i64::try_from(free).unwrap_or(i64::MAX));
+                }
+            }
+            shared.disks_ok.store(any_writable, Ordering::Release);
+        }
+        shared.metrics.active_applications.set(shared.apps.len() as i64);
+        shared
+            .metrics
+            .active_shuffles
+            .set(shared.store.shuffle_count() as i64);
+    }
+}
