@@ -15,7 +15,9 @@ use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
 use engine::units::{human_bytes, parse_size};
 use shuffle_client::protocol::{AppId, ShuffleMode};
-use shuffle_client::{EmbeddedShuffle, WriterOptions};
+use shuffle_client::{
+    EmbeddedShuffle, QuicTrust, RemoteOptions, RemoteShuffle, ShuffleClient, WriterOptions,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,10 +85,19 @@ struct CommonArgs {
     /// Shuffle mode: blocking, pipelined, hybrid-full or hybrid-selective.
     #[arg(long, default_value = "blocking")]
     mode: ShuffleMode,
-    /// Comma-separated shuffle server URLs (tcp://host:port). Without it the
+    /// Comma-separated shuffle server URLs (tcp://host:port or
+    /// quic://host:port, the servers' data-plane addresses). Without it the
     /// embedded shuffle service is used.
     #[arg(long, value_delimiter = ',')]
     shuffle_servers: Vec<String>,
+    /// SHA-256 fingerprint of a QUIC server's certificate to trust (the
+    /// server logs it at start); repeat for several servers.
+    #[arg(long = "quic-pin", value_name = "HEX")]
+    quic_pins: Vec<String>,
+    /// PEM file of certificates to trust for QUIC (e.g. written by
+    /// `shuffle-server --quic-cert-out`).
+    #[arg(long, value_name = "FILE")]
+    quic_ca: Option<PathBuf>,
     /// Folder for the embedded shuffle service's data. Default: a temporary
     /// folder, deleted when the job ends.
     #[arg(long)]
@@ -139,12 +150,6 @@ fn run(cli: Cli) -> Result<bool> {
     let common = match &job {
         Job::Terasort { common, .. } | Job::Wordcount { common, .. } => common,
     };
-    if !common.shuffle_servers.is_empty() {
-        bail!(
-            "--shuffle-servers {}: the remote shuffle client is not built yet; omit the flag to use the embedded shuffle service",
-            common.shuffle_servers.join(",")
-        );
-    }
     if common.max_attempts == 0 {
         bail!("--max-attempts must be at least 1");
     }
@@ -155,23 +160,7 @@ fn run(cli: Cli) -> Result<bool> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-
-    // The embedded service's data lives in a temporary folder unless told.
-    let (temp, data_dir) = match &common.data_dir {
-        Some(dir) => (None, dir.clone()),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("rss-engine-")
-                .tempdir()
-                .context("creating a temporary data folder")?;
-            let dir = t.path().to_path_buf();
-            (Some(t), dir)
-        }
-    };
-    let client = EmbeddedShuffle::open(vec![data_dir.clone()])
-        .with_context(|| format!("opening the embedded shuffle store in {}", data_dir.display()))?;
-    let ctx = JobContext {
-        client: Arc::new(client),
+    let settings = Settings {
         app: AppId::new(format!("engine-{}", std::process::id())).context("app id")?,
         mode: common.mode,
         policy: StagePolicy {
@@ -188,9 +177,83 @@ fn run(cli: Cli) -> Result<bool> {
         } else {
             ProgressMode::Auto
         }),
-        shuffle_label: "embedded".into(),
     };
 
+    let report = if common.shuffle_servers.is_empty() {
+        // The embedded service's data lives in a temporary folder unless told.
+        let (_temp, data_dir) = match &common.data_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("rss-engine-")
+                    .tempdir()
+                    .context("creating a temporary data folder")?;
+                let dir = t.path().to_path_buf();
+                (Some(t), dir)
+            }
+        };
+        let client = EmbeddedShuffle::open(vec![data_dir.clone()])
+            .with_context(|| format!("opening the embedded shuffle store in {}", data_dir.display()))?;
+        runtime.block_on(run_job(settings.context(client, "embedded".into()), job))?
+    } else {
+        let options = RemoteOptions {
+            quic_trust: quic_trust(common)?,
+            ..RemoteOptions::default()
+        };
+        let urls = common.shuffle_servers.join(",");
+        runtime.block_on(async {
+            let client = RemoteShuffle::connect_str(&urls, options)
+                .await
+                .with_context(|| format!("connecting to the shuffle servers {urls}"))?;
+            run_job(settings.context(client, urls.clone()), job).await
+        })?
+    };
+    print_report(&report, json)?;
+    Ok(report.valid)
+}
+
+/// Job settings that do not depend on the shuffle client.
+struct Settings {
+    app: AppId,
+    mode: ShuffleMode,
+    policy: StagePolicy,
+    writer_options: WriterOptions,
+    progress: Progress,
+}
+
+impl Settings {
+    fn context<C>(self, client: C, label: String) -> JobContext<C> {
+        JobContext {
+            client: Arc::new(client),
+            app: self.app,
+            mode: self.mode,
+            policy: self.policy,
+            writer_options: self.writer_options,
+            progress: self.progress,
+            shuffle_label: label,
+        }
+    }
+}
+
+fn quic_trust(common: &CommonArgs) -> Result<QuicTrust> {
+    if let Some(file) = &common.quic_ca {
+        let pem = std::fs::read(file).with_context(|| format!("reading --quic-ca {}", file.display()))?;
+        return QuicTrust::roots_from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("--quic-ca {}: {e}", file.display()));
+    }
+    if common.quic_pins.is_empty() {
+        return Ok(QuicTrust::None);
+    }
+    let pins = common
+        .quic_pins
+        .iter()
+        .map(|p| QuicTrust::parse_fingerprint(p).map_err(|e| anyhow::anyhow!("--quic-pin: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(QuicTrust::Pinned(pins))
+}
+
+/// Runs one job, then releases the app on the shuffle service.
+async fn run_job<C: ShuffleClient>(ctx: JobContext<C>, job: Job) -> Result<JobReport> {
     let report = match job {
         Job::Terasort {
             size,
@@ -199,6 +262,7 @@ fn run(cli: Cli) -> Result<bool> {
             seed,
             ..
         } => {
+            let parallelism = ctx.policy.parallelism;
             let maps = maps.unwrap_or_else(|| ((size >> 26) as u32).max(parallelism as u32).max(1));
             let config = terasort::TerasortConfig {
                 size_bytes: size,
@@ -206,7 +270,7 @@ fn run(cli: Cli) -> Result<bool> {
                 partitions,
                 seed,
             };
-            runtime.block_on(terasort::run(&ctx, config))?
+            terasort::run(&ctx, config).await
         }
         Job::Wordcount {
             input,
@@ -221,12 +285,13 @@ fn run(cli: Cli) -> Result<bool> {
                 output,
                 split_size,
             };
-            runtime.block_on(wordcount::run(&ctx, config))?
+            wordcount::run(&ctx, config).await
         }
     };
-    drop(temp);
-    print_report(&report, json)?;
-    Ok(report.valid)
+    if let Err(e) = ctx.client.unregister_app(&ctx.app).await {
+        eprintln!("warning: releasing the app on the shuffle service failed: {e}");
+    }
+    Ok(report?)
 }
 
 fn print_report(report: &JobReport, json: bool) -> Result<()> {

@@ -168,7 +168,7 @@ fn wordcount_matches_an_in_memory_count() {
 }
 
 #[test]
-fn unbuilt_features_and_bad_arguments_get_clear_errors() {
+fn unbuilt_features_bad_arguments_and_unreachable_servers_get_clear_errors() {
     let out = engine(&[
         "run",
         "terasort",
@@ -178,7 +178,23 @@ fn unbuilt_features_and_bad_arguments_get_clear_errors() {
         "tcp://127.0.0.1:1",
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connecting to the shuffle servers tcp://127.0.0.1:1")
+    );
+
+    let out = engine(&[
+        "run",
+        "terasort",
+        "--size",
+        "1MB",
+        "--shuffle-servers",
+        "udp://x:1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected tcp://host:port"),
+        "{out:?}"
+    );
 
     let out = engine(&[
         "run",
