@@ -320,6 +320,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let file = FileConfig::load(&path).expect("example parses");
+        let c = ServerConfig::merge(file, FileConfig::default()).expect("example is valid");
+        let defaults = ServerConfig::new(c.data_dirs.clone());
+        assert_eq!(c, defaults, "the example documents the defaults");
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("f", "1GiB").ok(), Some(1 << 30));
         assert_eq!(parse_size("f", "64kib").ok(), Some(64 << 10));
