@@ -37,8 +37,7 @@ async fn proxy(target: SocketAddr, cut_after: usize) -> (SocketAddr, Arc<AtomicU
                 });
                 let mut sent = 0usize;
                 let mut buf = vec![0u8; 16 << 10];
-                loop {
-                    let Ok(k) = sr.read(&mut buf).await else { break };
+                while let Ok(k) = sr.read(&mut buf).await {
                     if k == 0 {
                         break;
                     }
