@@ -188,3 +188,46 @@ async fn sealed_data_survives_kill_9_and_unsealed_data_is_discarded() -> Result<
     assert_eq!(leftovers, vec!["shuffle-1".to_string()]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let mut daemon = start(&data, None)?;
+    let url = format!("tcp://{}", daemon.tcp);
+    let client = RemoteShuffle::connect_str(&url, options()).await?;
+    let app = AppId::new("term-test")?;
+    let spec = ShuffleSpec::new(1, 2, ShuffleMode::Blocking)?;
+    let handle = client.register_shuffle(&app, ShuffleId(1), spec).await?;
+    let mut w = client
+        .open_writer(&handle, MapId(0), AttemptId(0), WriterOptions::default())
+        .await?;
+    for i in 0..1000u32 {
+        w.write(PartitionId(i % 2), b"payload").await?;
+    }
+    w.commit().await?;
+    let pid = daemon.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+    assert!(status.success(), "kill -TERM failed");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(code) = daemon.child.try_wait()? {
+                return Ok::<_, std::io::Error>(Some(code));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await??;
+    let code = exited.context("the daemon did not exit within 20 s of SIGTERM")?;
+    assert!(code.success(), "exit status after SIGTERM: {code:?}");
+    assert!(data
+        .join("term-test")
+        .join("shuffle-1")
+        .join("shuffle.meta")
+        .exists());
+    Ok(())
+}
