@@ -1,6 +1,18 @@
 //! Benchmarks of the shuffle service.
 //!
-//! Not filled yet: the criterion micro-benchmarks and the end-to-end
-//! `shuffle-bench` load generator land with the benchmarks issue. Until
-//! then, `engine run terasort --json` reports the end-to-end wall time next
-//! to the data generation baseline measured in the same run.
+//! * [`workload`]: records generated in memory before the clock starts, and
+//!   the map (push) and reduce (fetch) phases run against any
+//!   `ShuffleClient`.
+//! * [`servers`]: shuffle-server daemons started as child processes on
+//!   loopback, so their memory is measured apart from the load generator.
+//! * [`baseline`]: this machine's own limits, measured in the same run:
+//!   sequential disk write and read, memory copy, loopback TCP.
+//! * [`stats`]: percentiles.
+//!
+//! The `shuffle-bench` binary ties them together.
+
+pub mod baseline;
+pub mod servers;
+pub mod stats;
+pub mod units;
+pub mod workload;

@@ -40,9 +40,11 @@ struct PartitionBuffer {
     records: u32,
 }
 
-/// Per-partition buffers of one map attempt.
+/// Per-partition buffers of one map attempt: records in, sealed blocks out.
+/// Writers use it; so can engines that push blocks themselves
+/// ([`crate::ShuffleClient::push_blocks`], [`crate::ShuffleClient::commit_map`]).
 #[derive(Debug)]
-pub(crate) struct Batcher {
+pub struct Batcher {
     shuffle: ShuffleId,
     map: MapId,
     attempt: AttemptId,
@@ -54,7 +56,7 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn new(
+    pub fn new(
         shuffle: ShuffleId,
         map: MapId,
         attempt: AttemptId,
@@ -75,7 +77,7 @@ impl Batcher {
     }
 
     /// Buffers one record; sealed blocks are appended to `ready`.
-    pub(crate) fn write(
+    pub fn write(
         &mut self,
         partition: PartitionId,
         record: &[u8],
@@ -150,7 +152,7 @@ impl Batcher {
     }
 
     /// Seals every non-empty buffer.
-    pub(crate) fn finish(&mut self, ready: &mut Vec<Block>) -> Result<(), ClientError> {
+    pub fn finish(&mut self, ready: &mut Vec<Block>) -> Result<(), ClientError> {
         for p in 0..self.buffers.len() {
             self.seal(PartitionId(p as u32), ready)?;
         }
@@ -158,19 +160,19 @@ impl Batcher {
     }
 
     /// Blocks sealed per partition so far.
-    pub(crate) fn manifest(&self) -> CommitManifest {
+    pub fn manifest(&self) -> CommitManifest {
         CommitManifest::from_dense(&self.next_seq)
     }
 
-    pub(crate) fn stats(&self) -> WriteStats {
+    pub fn stats(&self) -> WriteStats {
         self.stats
     }
 
-    pub(crate) fn map(&self) -> MapId {
+    pub fn map(&self) -> MapId {
         self.map
     }
 
-    pub(crate) fn attempt(&self) -> AttemptId {
+    pub fn attempt(&self) -> AttemptId {
         self.attempt
     }
 }

@@ -20,7 +20,7 @@ pub mod embedded;
 mod error;
 pub mod remote;
 
-pub use batching::WriterOptions;
+pub use batching::{Batcher, WriterOptions};
 pub use client::{
     CommitAck, Placement, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
     ShuffleStatus, ShuffleWriter, WriteStats,

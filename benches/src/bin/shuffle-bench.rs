@@ -1,0 +1,322 @@
+//! `shuffle-bench`: an end-to-end load generator for the shuffle service.
+//!
+//! Records are generated in memory first (not timed). Then M map tasks push
+//! them and every partition is read back, for one mode and transport; the
+//! report states throughput, phase times, push and fetch latency, the
+//! servers' peak RSS and the bytes they wrote, next to this machine's own
+//! baselines measured in the same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use benches::baseline::{self, Baselines};
+use benches::servers::Daemon;
+use benches::units::parse_size;
+use benches::workload::{self, PhaseResults, WorkloadSpec};
+use clap::{Parser, ValueEnum};
+use protocol::ShuffleMode;
+use serde::Serialize;
+use shuffle_client::{EmbeddedShuffle, QuicTrust, RemoteOptions, RemoteShuffle};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TransportArg {
+    Tcp,
+    Quic,
+    Embedded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "shuffle-bench", version, about = "End-to-end load generator for the shuffle service")]
+struct Cli {
+    /// Bytes of records to shuffle.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// Map tasks.
+    #[arg(long, default_value_t = 8)]
+    maps: u32,
+    /// Reduce partitions.
+    #[arg(long, default_value_t = 64)]
+    partitions: u32,
+    /// Shuffle mode.
+    #[arg(long, default_value = "blocking")]
+    mode: ShuffleMode,
+    /// Data plane transport (embedded: in process, no network).
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: TransportArg,
+    /// Servers to start (ignored with --urls).
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
+    /// Comma-separated URLs of running servers, instead of starting them.
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// SHA-256 fingerprint of the QUIC certificate of running servers.
+    #[arg(long = "quic-pin")]
+    quic_pins: Vec<String>,
+    /// LZ4-compress blocks.
+    #[arg(long, value_enum, default_value = "on")]
+    compress: OnOff,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Raw bytes per block.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    block_size: u64,
+    /// Memory budget of started servers.
+    #[arg(long, default_value = "1GiB")]
+    memory_budget: String,
+    /// Map (and 2x reduce) tasks at once. Default: the number of CPUs.
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Skip the machine baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Folder for server data and baseline files. Default: a temp folder.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Print the report as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    mode: String,
+    transport: TransportArg,
+    servers: usize,
+    size_bytes: u64,
+    maps: u32,
+    partitions: u32,
+    compress: bool,
+    record_size: usize,
+    parallelism: usize,
+    records: u64,
+    /// Raw record bytes shuffled.
+    shuffled_bytes: u64,
+    /// Block bytes pushed (after compression).
+    pushed_bytes: u64,
+    fetched_bytes: u64,
+    /// Bytes the servers wrote to disk.
+    disk_bytes: u64,
+    map_seconds: f64,
+    reduce_seconds: f64,
+    total_seconds: f64,
+    /// Raw bytes shuffled per second, map and reduce phases together.
+    throughput_gb_per_sec: f64,
+    push_p50_ms: f64,
+    push_p99_ms: f64,
+    push_requests: usize,
+    fetch_p50_ms: f64,
+    fetch_p99_ms: f64,
+    fetch_requests: usize,
+    /// Peak RSS of the largest server process (started servers only).
+    server_peak_rss_bytes: Option<u64>,
+    baselines: Option<Baselines>,
+    /// Throughput over each baseline.
+    fraction_of_disk_write: Option<f64>,
+    fraction_of_disk_read: Option<f64>,
+    fraction_of_memcpy: Option<f64>,
+    fraction_of_loopback_tcp: Option<f64>,
+    machine: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.record_size < 16 {
+        bail!("--record-size must be at least 16");
+    }
+    let parallelism = cli
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let temp = tempfile::Builder::new().prefix("shuffle-bench-").tempdir()?;
+    let work = cli.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&work)?;
+    let spec = WorkloadSpec {
+        size: cli.size,
+        maps: cli.maps,
+        partitions: cli.partitions,
+        record_size: cli.record_size,
+        compress: cli.compress == OnOff::On,
+        mode: cli.mode,
+        block_size: usize::try_from(cli.block_size)?,
+        push_batch: 4 << 20,
+        in_flight: 4,
+        parallelism,
+    };
+
+    let baselines = if cli.no_baselines {
+        None
+    } else {
+        eprintln!("measuring baselines ({} each)...", human(cli.size));
+        Some(runtime.block_on(baseline::measure(cli.size, &work))?)
+    };
+
+    eprintln!("generating {} of records for {} maps (not timed)...", human(cli.size), cli.maps);
+    let inputs = Arc::new(workload::generate(&spec));
+
+    let mut daemons = Vec::new();
+    let started = Instant::now();
+    let results: PhaseResults = runtime.block_on(async {
+        match cli.transport {
+            TransportArg::Embedded => {
+                let client = EmbeddedShuffle::open(vec![work.join("embedded")])?;
+                workload::run(Arc::new(client), spec, inputs.clone()).await
+            }
+            transport => {
+                let (urls, pins) = if cli.urls.is_empty() {
+                    for i in 0..cli.servers.max(1) {
+                        daemons.push(Daemon::start(&work.join(format!("server-{i}")), &cli.memory_budget)?);
+                    }
+                    let urls: Vec<String> = daemons
+                        .iter()
+                        .map(|d| if transport == TransportArg::Quic { d.quic.clone() } else { d.tcp.clone() })
+                        .collect();
+                    let pins: Vec<String> = daemons.iter().map(|d| d.quic_fingerprint.clone()).collect();
+                    (urls, pins)
+                } else {
+                    (cli.urls.clone(), cli.quic_pins.clone())
+                };
+                let pins = pins
+                    .iter()
+                    .map(|p| QuicTrust::parse_fingerprint(p).map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?;
+                let options = RemoteOptions {
+                    quic_trust: QuicTrust::Pinned(pins),
+                    ..RemoteOptions::default()
+                };
+                let client = RemoteShuffle::connect_str(&urls.join(","), options)
+                    .await
+                    .context("connecting to the servers")?;
+                workload::run(Arc::new(client), spec, inputs.clone()).await
+            }
+        }
+    })?;
+    let total_seconds = started.elapsed().as_secs_f64();
+    let server_peak_rss_bytes = daemons.iter().filter_map(Daemon::peak_rss_bytes).max();
+    let servers = daemons.len();
+    for d in daemons {
+        d.stop()?;
+    }
+
+    let shuffled = results.raw_bytes;
+    let phase_seconds = results.map_seconds + results.reduce_seconds;
+    let throughput = shuffled as f64 / phase_seconds;
+    let fraction = |base: Option<f64>| base.map(|b| throughput / b);
+    let report = Report {
+        mode: cli.mode.to_string(),
+        transport: cli.transport,
+        servers,
+        size_bytes: cli.size,
+        maps: cli.maps,
+        partitions: cli.partitions,
+        compress: spec.compress,
+        record_size: cli.record_size,
+        parallelism,
+        records: results.records_read,
+        shuffled_bytes: shuffled,
+        pushed_bytes: results.pushed_bytes,
+        fetched_bytes: results.fetched_bytes,
+        disk_bytes: results.stored_bytes,
+        map_seconds: results.map_seconds,
+        reduce_seconds: results.reduce_seconds,
+        total_seconds,
+        throughput_gb_per_sec: throughput / 1e9,
+        push_p50_ms: results.push_latency.quantile_ms(0.5),
+        push_p99_ms: results.push_latency.quantile_ms(0.99),
+        push_requests: results.push_latency.len(),
+        fetch_p50_ms: results.fetch_latency.quantile_ms(0.5),
+        fetch_p99_ms: results.fetch_latency.quantile_ms(0.99),
+        fetch_requests: results.fetch_latency.len(),
+        server_peak_rss_bytes,
+        fraction_of_disk_write: fraction(baselines.map(|b| b.disk_write_bytes_per_sec)),
+        fraction_of_disk_read: fraction(baselines.map(|b| b.disk_read_bytes_per_sec)),
+        fraction_of_memcpy: fraction(baselines.map(|b| b.memcpy_bytes_per_sec)),
+        fraction_of_loopback_tcp: fraction(baselines.map(|b| b.loopback_tcp_bytes_per_sec)),
+        baselines,
+        machine: machine(),
+    };
+    print_human(&report);
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    drop(temp);
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.2} {}", UNITS[i])
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or("?".into(), |kib| human(kib * 1024));
+    format!("{cpus} CPUs ({model}), {mem} RAM")
+}
+
+fn print_human(r: &Report) {
+    println!(
+        "{} shuffle over {:?} ({} server(s)): {} in {} maps -> {} partitions, compress {}",
+        r.mode,
+        r.transport,
+        r.servers,
+        human(r.shuffled_bytes),
+        r.maps,
+        r.partitions,
+        if r.compress { "on" } else { "off" }
+    );
+    println!(
+        "  throughput {:.3} GB/s (map {:.2}s + reduce {:.2}s); pushed {}, fetched {}, disk {}",
+        r.throughput_gb_per_sec,
+        r.map_seconds,
+        r.reduce_seconds,
+        human(r.pushed_bytes),
+        human(r.fetched_bytes),
+        human(r.disk_bytes)
+    );
+    println!(
+        "  push p50 {:.2} ms p99 {:.2} ms ({} requests); fetch p50 {:.2} ms p99 {:.2} ms ({} blocks)",
+        r.push_p50_ms, r.push_p99_ms, r.push_requests, r.fetch_p50_ms, r.fetch_p99_ms, r.fetch_requests
+    );
+    if let Some(rss) = r.server_peak_rss_bytes {
+        println!("  server peak RSS {}", human(rss));
+    }
+    if let Some(b) = &r.baselines {
+        let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
+        println!(
+            "  baselines: disk write {:.2} GB/s ({}), disk read {:.2} GB/s ({}), memcpy {:.2} GB/s ({}), loopback TCP {:.2} GB/s ({})",
+            b.disk_write_bytes_per_sec / 1e9,
+            pct(r.fraction_of_disk_write),
+            b.disk_read_bytes_per_sec / 1e9,
+            pct(r.fraction_of_disk_read),
+            b.memcpy_bytes_per_sec / 1e9,
+            pct(r.fraction_of_memcpy),
+            b.loopback_tcp_bytes_per_sec / 1e9,
+            pct(r.fraction_of_loopback_tcp)
+        );
+    }
+    println!("  machine: {}", r.machine);
+}

@@ -1,0 +1,111 @@
+//! shuffle-server daemons as child processes on loopback ports.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    pub tcp: String,
+    pub quic: String,
+    pub quic_fingerprint: String,
+    pub data_dir: PathBuf,
+}
+
+/// Where the `shuffle-server` binary is: `$RSS_SERVER_BIN`, or next to the
+/// running executable (both are built into the same `target/` folder).
+pub fn server_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("RSS_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no folder")?;
+    for candidate in [dir.join("shuffle-server"), dir.join("..").join("shuffle-server")] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "shuffle-server binary not found next to {}; build it with \
+         `cargo build --release -p shuffle-server` or set RSS_SERVER_BIN",
+        exe.display()
+    )
+}
+
+impl Daemon {
+    /// Starts a daemon on ephemeral loopback ports with `data_dir`.
+    pub fn start(data_dir: &Path, memory_budget: &str) -> Result<Self> {
+        let any = "127.0.0.1:0";
+        let mut child = Command::new(server_binary()?)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", any, "--quic-listen", any, "--grpc-listen", any, "--http-listen", any])
+            .args(["--memory-budget", memory_budget, "--no-fsync"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning shuffle-server")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let field = |line: &str, key: &str| -> Option<String> {
+            let start = line.find(&format!("{key}="))? + key.len() + 1;
+            Some(line[start..].split_whitespace().next()?.to_string())
+        };
+        loop {
+            let Some(line) = lines.next() else {
+                bail!("shuffle-server exited before listening");
+            };
+            let line = line?;
+            if line.contains("shuffle server listening") {
+                let get = |k| field(&line, k).with_context(|| format!("no {k} in {line}"));
+                let daemon = Daemon {
+                    tcp: format!("tcp://{}", get("tcp")?),
+                    quic: format!("quic://{}", get("quic")?),
+                    quic_fingerprint: get("quic_fingerprint")?,
+                    data_dir: data_dir.to_path_buf(),
+                    child,
+                };
+                std::thread::spawn(move || for _ in lines {});
+                return Ok(daemon);
+            }
+        }
+    }
+
+    /// Peak resident memory of the daemon so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// SIGTERM, then wait for the drain (SIGKILL after 30 s).
+    pub fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..300 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
