@@ -44,7 +44,16 @@ impl Daemon {
         let mut child = Command::new(server_binary()?)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", any, "--quic-listen", any, "--grpc-listen", any, "--http-listen", any])
+            .args([
+                "--listen",
+                any,
+                "--quic-listen",
+                any,
+                "--grpc-listen",
+                any,
+                "--http-listen",
+                any,
+            ])
             .args(["--memory-budget", memory_budget, "--no-fsync"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -100,7 +100,11 @@ pub struct PhaseResults {
 }
 
 /// Runs both phases against `client`.
-pub async fn run<C: ShuffleClient + Clone>(client: Arc<C>, spec: WorkloadSpec, inputs: Arc<Vec<MapInput>>) -> Result<PhaseResults> {
+pub async fn run<C: ShuffleClient + Clone>(
+    client: Arc<C>,
+    spec: WorkloadSpec,
+    inputs: Arc<Vec<MapInput>>,
+) -> Result<PhaseResults> {
     let app = AppId::new(format!("bench-{}", std::process::id()))?;
     let shuffle_spec = ShuffleSpec::new(spec.maps, spec.partitions, spec.mode)?;
     let handle = Arc::new(client.register_shuffle(&app, ShuffleId(1), shuffle_spec).await?);
@@ -135,7 +139,9 @@ pub async fn run<C: ShuffleClient + Clone>(client: Arc<C>, spec: WorkloadSpec, i
             reduces.spawn(async move { reduce_task(&*client, &handle, p).await });
             next += 1;
         }
-        let Some(done) = reduces.join_next().await else { break };
+        let Some(done) = reduces.join_next().await else {
+            break;
+        };
         let (samples, records, bytes) = done??;
         results.fetch_latency.extend(samples);
         results.records_read += records;
@@ -165,7 +171,13 @@ async fn map_task<C: ShuffleClient + Clone>(
         compress: spec.compress,
         ..WriterOptions::default()
     };
-    let mut batcher = Batcher::new(handle.shuffle(), MapId(map), AttemptId(0), spec.partitions, options);
+    let mut batcher = Batcher::new(
+        handle.shuffle(),
+        MapId(map),
+        AttemptId(0),
+        spec.partitions,
+        options,
+    );
     let mut ready: Vec<Block> = Vec::new();
     let mut batch: Vec<Block> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -180,14 +192,30 @@ async fn map_task<C: ShuffleClient + Clone>(
             batch.push(block);
         }
         if batch_bytes >= spec.push_batch {
-            send(client, handle, std::mem::take(&mut batch), &mut in_flight, &mut samples, spec.in_flight).await?;
+            send(
+                client,
+                handle,
+                std::mem::take(&mut batch),
+                &mut in_flight,
+                &mut samples,
+                spec.in_flight,
+            )
+            .await?;
             batch_bytes = 0;
         }
     }
     batcher.finish(&mut ready)?;
     batch.append(&mut ready);
     if !batch.is_empty() {
-        send(client, handle, batch, &mut in_flight, &mut samples, spec.in_flight).await?;
+        send(
+            client,
+            handle,
+            batch,
+            &mut in_flight,
+            &mut samples,
+            spec.in_flight,
+        )
+        .await?;
     }
     while let Some(done) = in_flight.join_next().await {
         samples.push(done??);
@@ -229,11 +257,15 @@ async fn reduce_task<C: ShuffleClient>(
     partition: u32,
 ) -> Result<(Samples, u64, u64)> {
     let mut samples = Samples::default();
-    let mut reader = client.open_reader(handle, PartitionId(partition), handle.all_maps()).await?;
+    let mut reader = client
+        .open_reader(handle, PartitionId(partition), handle.all_maps())
+        .await?;
     let mut records = 0u64;
     loop {
         let started = Instant::now();
-        let Some(batch) = reader.next_batch().await? else { break };
+        let Some(batch) = reader.next_batch().await? else {
+            break;
+        };
         samples.push(started.elapsed());
         for r in batch {
             std::hint::black_box(r?);

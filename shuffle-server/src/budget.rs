@@ -5,9 +5,14 @@
 //! body. While it waits it reads nothing, so the peer's writes stall in the
 //! transport's own flow control (TCP window, QUIC stream credit) instead of
 //! in the server's memory. Fetch streams take credit for each chunk before
-//! encoding it and hold it until the chunk is written to the socket, so a
-//! stalled reader pins at most one chunk. Credit is returned when the
-//! [`Credit`] is dropped; the sum of live credits never exceeds the budget.
+//! encoding it and hold it until the chunk is written to the socket; the
+//! next chunk is read only after that (see `FrameSink`), so a stalled
+//! reader pins at most one chunk (1 MiB plus at most one block) and never
+//! waits in the budget's queue. Credit is returned when the [`Credit`] is
+//! dropped; the sum of live credits never exceeds the budget. (A single
+//! block larger than the whole budget, possible only if the budget was
+//! lowered below the frame size it was written with, is sent with credit
+//! for the whole budget.)
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,6 +6,27 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Reasons a request is refused (the `reason` label), as named by
+/// `ServiceError::reason`, plus transport-level ones.
+pub const REASONS: [&str; 16] = [
+    "malformed",
+    "unknown_app",
+    "unknown_shuffle",
+    "shuffle_exists",
+    "unsupported_mode",
+    "out_of_range",
+    "checksum_mismatch",
+    "commit_conflict",
+    "missing_blocks",
+    "not_ready",
+    "corrupt",
+    "busy",
+    "draining",
+    "internal",
+    "connection",
+    "other",
+];
+
 /// Every metric the server exports, in its own registry.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -144,6 +165,23 @@ impl Metrics {
             ),
             registry: r,
         };
+        // Every series a dashboard expects exists from the start, at 0: the
+        // exposition drops a labelled metric until one of its series exists.
+        for transport in ["tcp", "quic"] {
+            m.push_bytes.with_label_values(&[transport]);
+            m.fetch_bytes.with_label_values(&[transport]);
+            m.open_connections.with_label_values(&[transport]);
+        }
+        for result in ["ok", "rejected"] {
+            m.push_requests.with_label_values(&[result]);
+        }
+        for reason in REASONS {
+            m.rejected_requests.with_label_values(&[reason]);
+            m.fetch_failures.with_label_values(&[reason]);
+        }
+        for mode in ["blocking", "pipelined", "hybrid-full", "hybrid-selective"] {
+            m.spill_bytes.with_label_values(&[mode]);
+        }
         let info = IntGaugeVec::new(Opts::new("rss_build_info", "Build information."), &["version"])
             .expect("valid metric opts");
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -85,8 +85,6 @@ async fn missing_after_one_push_and_fetch(ts: &TestServer) -> Result<Vec<&'stati
 }
 
 #[tokio::test]
-#[ignore = "bug: rss_fetch_failures_total and rss_rejected_requests_total are absent from /metrics until \
-            the first failure (metrics.rs never initializes their label values)"]
 async fn metrics_name_every_design_metric_after_one_push_and_fetch() -> Result<()> {
     let ts = TestServer::start().await?;
     let missing = missing_after_one_push_and_fetch(&ts).await?;

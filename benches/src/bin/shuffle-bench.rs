@@ -35,7 +35,11 @@ enum OnOff {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "shuffle-bench", version, about = "End-to-end load generator for the shuffle service")]
+#[command(
+    name = "shuffle-bench",
+    version,
+    about = "End-to-end load generator for the shuffle service"
+)]
 struct Cli {
     /// Bytes of records to shuffle.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
@@ -160,7 +164,11 @@ fn main() -> Result<()> {
         Some(runtime.block_on(baseline::measure(cli.size, &work))?)
     };
 
-    eprintln!("generating {} of records for {} maps (not timed)...", human(cli.size), cli.maps);
+    eprintln!(
+        "generating {} of records for {} maps (not timed)...",
+        human(cli.size),
+        cli.maps
+    );
     let inputs = Arc::new(workload::generate(&spec));
 
     let mut daemons = Vec::new();
@@ -174,11 +182,20 @@ fn main() -> Result<()> {
             transport => {
                 let (urls, pins) = if cli.urls.is_empty() {
                     for i in 0..cli.servers.max(1) {
-                        daemons.push(Daemon::start(&work.join(format!("server-{i}")), &cli.memory_budget)?);
+                        daemons.push(Daemon::start(
+                            &work.join(format!("server-{i}")),
+                            &cli.memory_budget,
+                        )?);
                     }
                     let urls: Vec<String> = daemons
                         .iter()
-                        .map(|d| if transport == TransportArg::Quic { d.quic.clone() } else { d.tcp.clone() })
+                        .map(|d| {
+                            if transport == TransportArg::Quic {
+                                d.quic.clone()
+                            } else {
+                                d.tcp.clone()
+                            }
+                        })
                         .collect();
                     let pins: Vec<String> = daemons.iter().map(|d| d.quic_fingerprint.clone()).collect();
                     (urls, pins)
@@ -267,11 +284,19 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kib| kib.parse::<u64>().ok())
         .map_or("?".into(), |kib| human(kib * 1024));
     format!("{cpus} CPUs ({model}), {mem} RAM")

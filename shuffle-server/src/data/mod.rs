@@ -185,8 +185,9 @@ pub(crate) async fn handle_push(
     error_frame(request_id, result)
 }
 
-/// Where a fetch stream's frames go. The credit travels with the bytes and
-/// is dropped once they are written.
+/// Where a fetch stream's frames go. `send` returns once the bytes are
+/// written to the transport; the credit travels with them and is dropped
+/// then. A stream therefore holds at most one chunk's credit at a time.
 pub(crate) trait FrameSink: Send {
     fn send(
         &mut self,

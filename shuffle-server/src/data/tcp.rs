@@ -12,13 +12,14 @@ use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
 use protocol::ServiceError;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, ReadError, Transport};
 use crate::budget::Credit;
 use crate::state::Shared;
 
-/// Replies queued per connection before request tasks wait for the socket.
+/// Replies queued per connection (each from a different request: a request
+/// waits for its previous frame to be written before it sends the next).
 const OUTBOX_DEPTH: usize = 16;
 /// A client must say hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,20 +27,30 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 struct Outgoing {
     bytes: Bytes,
     _credit: Option<Credit>,
+    /// Told once the bytes are on the socket.
+    written: oneshot::Sender<()>,
 }
 
 #[derive(Clone)]
 struct Outbox(mpsc::Sender<Outgoing>);
 
 impl FrameSink for Outbox {
+    /// Returns once the writer task has put the bytes on the socket, so a
+    /// fetch stream has at most one chunk queued: a reader that stops
+    /// reading pins one chunk of credit, and its fetch task waits here, not
+    /// in the budget's queue where it would hold up everyone else.
     async fn send(&mut self, bytes: Bytes, credit: Option<Credit>) -> std::io::Result<()> {
+        let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed");
+        let (written, done) = oneshot::channel();
         self.0
             .send(Outgoing {
                 bytes,
                 _credit: credit,
+                written,
             })
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed"))
+            .map_err(|_| closed())?;
+        done.await.map_err(|_| closed())
     }
 }
 
@@ -75,6 +86,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, st
                 tracing::debug!(%peer, "tcp write failed: {e}");
                 break;
             }
+            let _ = out.written.send(());
         }
         let _ = write_half.shutdown().await;
     });
