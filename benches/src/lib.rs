@@ -7,7 +7,7 @@
 //!   loopback, so their memory is measured apart from the load generator.
 //! * [`baseline`]: this machine's own limits, measured in the same run:
 //!   sequential disk write and read, memory copy, loopback TCP.
-//! * [`stats`]: percentiles.
+//! * [`stats`]: latency percentiles.
 //!
 //! The `shuffle-bench` binary ties them together.
 

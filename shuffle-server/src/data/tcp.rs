@@ -133,16 +133,18 @@ async fn requests(
 ) -> Result<(), ReadError> {
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(reader, shared, codec))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??
+        // The hello's credit is returned at once, not when the connection ends.
+        .map(|(frame, _credit)| frame);
     match hello {
-        Some((Frame::Hello(h), _)) if h.protocol_version == PROTOCOL_VERSION => {
+        Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
             let reply = Frame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 grpc_port: shared.grpc_port,
             });
             outbox.clone().send(encode(&reply), None).await?;
         }
-        Some((Frame::Hello(h), _)) => {
+        Some(Frame::Hello(h)) => {
             return Err(protocol::ProtocolError::Malformed {
                 what: "hello",
                 reason: format!(
@@ -152,7 +154,7 @@ async fn requests(
             }
             .into())
         }
-        Some((other, _)) => {
+        Some(other) => {
             return Err(protocol::ProtocolError::Malformed {
                 what: "connection",
                 reason: format!("first frame must be hello, got {}", frame_name(&other)),
