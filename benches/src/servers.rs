@@ -41,6 +41,9 @@ impl Daemon {
     /// Starts a daemon on ephemeral loopback ports with `data_dir`.
     pub fn start(data_dir: &Path, memory_budget: &str) -> Result<Self> {
         let any = "127.0.0.1:0";
+        // Frames must fit the budget: at most half of it, at most 64 MiB.
+        let budget = crate::units::parse_size(memory_budget).map_err(anyhow::Error::msg)?;
+        let max_frame = (budget / 2).min(64 << 20).to_string();
         let mut child = Command::new(server_binary()?)
             .arg("--data-dir")
             .arg(data_dir)
@@ -54,7 +57,7 @@ impl Daemon {
                 "--http-listen",
                 any,
             ])
-            .args(["--memory-budget", memory_budget, "--no-fsync"])
+            .args(["--memory-budget", memory_budget, "--max-frame-len", &max_frame, "--no-fsync"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -66,11 +69,13 @@ impl Daemon {
             let start = line.find(&format!("{key}="))? + key.len() + 1;
             Some(line[start..].split_whitespace().next()?.to_string())
         };
+        let mut log = Vec::new();
         loop {
             let Some(line) = lines.next() else {
-                bail!("shuffle-server exited before listening");
+                bail!("shuffle-server exited before listening:\n{}", log.join("\n"));
             };
             let line = line?;
+            log.push(line.clone());
             if line.contains("shuffle server listening") {
                 let get = |k| field(&line, k).with_context(|| format!("no {k} in {line}"));
                 let daemon = Daemon {

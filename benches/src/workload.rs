@@ -99,11 +99,12 @@ pub struct PhaseResults {
     pub fetch_latency: Samples,
 }
 
-/// Runs both phases against `client`.
+/// Runs both phases against `client`; `after_map` runs between them.
 pub async fn run<C: ShuffleClient + Clone>(
     client: Arc<C>,
     spec: WorkloadSpec,
     inputs: Arc<Vec<MapInput>>,
+    after_map: impl FnOnce(),
 ) -> Result<PhaseResults> {
     let app = AppId::new(format!("bench-{}", std::process::id()))?;
     let shuffle_spec = ShuffleSpec::new(spec.maps, spec.partitions, spec.mode)?;
@@ -128,6 +129,7 @@ pub async fn run<C: ShuffleClient + Clone>(
         results.records_written += records;
     }
     results.map_seconds = started.elapsed().as_secs_f64();
+    after_map();
 
     let started = Instant::now();
     let mut reduces = JoinSet::new();

@@ -121,8 +121,11 @@ struct Report {
     fetch_p50_ms: f64,
     fetch_p99_ms: f64,
     fetch_requests: usize,
-    /// Peak RSS of the largest server process (started servers only).
+    /// Peak RSS of the largest server process over the whole run (started
+    /// servers only). Reads map partition files, whose resident pages count.
     server_peak_rss_bytes: Option<u64>,
+    /// Peak RSS of the largest server at the end of the push phase.
+    server_peak_rss_after_push_bytes: Option<u64>,
     baselines: Option<Baselines>,
     /// Throughput over each baseline.
     fraction_of_disk_write: Option<f64>,
@@ -172,12 +175,13 @@ fn main() -> Result<()> {
     let inputs = Arc::new(workload::generate(&spec));
 
     let mut daemons = Vec::new();
+    let rss_after_map = std::cell::RefCell::new(None);
     let started = Instant::now();
     let results: PhaseResults = runtime.block_on(async {
         match cli.transport {
             TransportArg::Embedded => {
                 let client = EmbeddedShuffle::open(vec![work.join("embedded")])?;
-                workload::run(Arc::new(client), spec, inputs.clone()).await
+                workload::run(Arc::new(client), spec, inputs.clone(), || {}).await
             }
             transport => {
                 let (urls, pins) = if cli.urls.is_empty() {
@@ -213,7 +217,11 @@ fn main() -> Result<()> {
                 let client = RemoteShuffle::connect_str(&urls.join(","), options)
                     .await
                     .context("connecting to the servers")?;
-                workload::run(Arc::new(client), spec, inputs.clone()).await
+                let daemons = &daemons;
+                let after_map = || {
+                    *rss_after_map.borrow_mut() = daemons.iter().filter_map(Daemon::peak_rss_bytes).max();
+                };
+                workload::run(Arc::new(client), spec, inputs.clone(), after_map).await
             }
         }
     })?;
@@ -254,6 +262,7 @@ fn main() -> Result<()> {
         fetch_p99_ms: results.fetch_latency.quantile_ms(0.99),
         fetch_requests: results.fetch_latency.len(),
         server_peak_rss_bytes,
+        server_peak_rss_after_push_bytes: rss_after_map.into_inner(),
         fraction_of_disk_write: fraction(baselines.map(|b| b.disk_write_bytes_per_sec)),
         fraction_of_disk_read: fraction(baselines.map(|b| b.disk_read_bytes_per_sec)),
         fraction_of_memcpy: fraction(baselines.map(|b| b.memcpy_bytes_per_sec)),
@@ -327,7 +336,8 @@ fn print_human(r: &Report) {
         r.push_p50_ms, r.push_p99_ms, r.push_requests, r.fetch_p50_ms, r.fetch_p99_ms, r.fetch_requests
     );
     if let Some(rss) = r.server_peak_rss_bytes {
-        println!("  server peak RSS {}", human(rss));
+        let push = r.server_peak_rss_after_push_bytes.map_or("-".into(), human);
+        println!("  server peak RSS {} (during the push phase: {push})", human(rss));
     }
     if let Some(b) = &r.baselines {
         let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
