@@ -57,7 +57,13 @@ impl Daemon {
                 "--http-listen",
                 any,
             ])
-            .args(["--memory-budget", memory_budget, "--max-frame-len", &max_frame, "--no-fsync"])
+            .args([
+                "--memory-budget",
+                memory_budget,
+                "--max-frame-len",
+                &max_frame,
+                "--no-fsync",
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
