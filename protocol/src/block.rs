@@ -257,6 +257,13 @@ impl Block {
     /// Verifies the checksum and returns the raw payload.
     pub fn decompress(&self) -> Result<Bytes, ProtocolError> {
         self.verify()?;
+        self.decompress_verified()
+    }
+
+    /// Returns the raw payload without checking the CRC again: only for a
+    /// block whose checksum was verified since it was read (a storage
+    /// reader verifies every block it returns).
+    pub fn decompress_verified(&self) -> Result<Bytes, ProtocolError> {
         match self.header.codec {
             Codec::None => Ok(self.payload.clone()),
             Codec::Lz4 => {

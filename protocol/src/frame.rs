@@ -120,11 +120,9 @@ impl Frame {
                 out.put_u16_le(h.protocol_version);
                 out.put_u16_le(h.grpc_port);
             }
-            Frame::PushBlocks(p) => {
-                out.put_u64_le(p.request_id);
-                wire::put_string(out, p.app.as_str());
-                out.put_u32_le(p.shuffle.0);
-                put_blocks(out, &p.blocks);
+            Frame::PushBlocks(_) | Frame::FetchBlocks(_) => {
+                let blocks = self.put_head(out);
+                put_blocks(out, blocks);
             }
             Frame::PushAck(a) => {
                 out.put_u64_le(a.request_id);
@@ -140,11 +138,6 @@ impl Frame {
                 out.put_u32_le(f.maps.end().0);
                 out.put_u64_le(f.resume_from);
             }
-            Frame::FetchBlocks(f) => {
-                out.put_u64_le(f.request_id);
-                out.put_u64_le(f.first_index);
-                put_blocks(out, &f.blocks);
-            }
             Frame::FetchEnd(e) => {
                 out.put_u64_le(e.request_id);
                 out.put_u64_le(e.total_blocks);
@@ -153,6 +146,25 @@ impl Frame {
                 out.put_u64_le(e.request_id);
                 e.error.encode(out);
             }
+        }
+    }
+
+    /// For frames that carry blocks: writes the fields before the block list
+    /// and returns the blocks. Other frames write nothing.
+    fn put_head(&self, out: &mut impl BufMut) -> &[Block] {
+        match self {
+            Frame::PushBlocks(p) => {
+                out.put_u64_le(p.request_id);
+                wire::put_string(out, p.app.as_str());
+                out.put_u32_le(p.shuffle.0);
+                &p.blocks
+            }
+            Frame::FetchBlocks(f) => {
+                out.put_u64_le(f.request_id);
+                out.put_u64_le(f.first_index);
+                &f.blocks
+            }
+            _ => &[],
         }
     }
 
@@ -297,6 +309,39 @@ impl FrameCodec {
         Ok(out.freeze())
     }
 
+    /// Encodes `frame` as segments to write in order, with vectored I/O:
+    /// block payloads are not copied, each is the block's own `Bytes`.
+    /// Concatenated, the segments are exactly [`Self::encode`]'s bytes.
+    pub fn encode_segments(&self, frame: &Frame) -> Result<Vec<Bytes>, ProtocolError> {
+        if !matches!(frame, Frame::PushBlocks(_) | Frame::FetchBlocks(_)) {
+            return Ok(vec![self.encode_to_bytes(frame)?]);
+        }
+        let mut meta = BytesMut::new();
+        meta.put_u32_le(0);
+        meta.put_u8(frame.tag());
+        let blocks = frame.put_head(&mut meta);
+        meta.put_u32_le(blocks.len() as u32);
+        let len = meta.len() - 4 + blocks.iter().map(Block::encoded_len).sum::<usize>();
+        if len > self.max_frame_len as usize {
+            return Err(ProtocolError::FrameTooLarge {
+                len: len as u64,
+                max: u64::from(self.max_frame_len),
+            });
+        }
+        meta[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        meta.reserve(blocks.len() * BLOCK_HEADER_LEN);
+        let mut segments = Vec::with_capacity(1 + 2 * blocks.len());
+        segments.push(meta.split().freeze());
+        for block in blocks {
+            block.header.encode(&mut meta);
+            segments.push(meta.split().freeze());
+            if !block.payload.is_empty() {
+                segments.push(block.payload.clone());
+            }
+        }
+        Ok(segments)
+    }
+
     /// Takes one frame off the front of `src`. `Ok(None)` means more bytes
     /// are needed; an error means the stream is unusable and the connection
     /// should be closed.
@@ -439,6 +484,14 @@ mod tests {
             }
             prop_assert!(src.is_empty());
             prop_assert_eq!(out, frames);
+        }
+
+        #[test]
+        fn segments_concatenate_to_the_encoding(frame in arb_frame()) {
+            let codec = FrameCodec::default();
+            let whole = codec.encode_to_bytes(&frame).expect("fits");
+            let joined: Vec<u8> = codec.encode_segments(&frame).expect("fits").iter().flat_map(|s| s.to_vec()).collect();
+            prop_assert_eq!(joined, whole.to_vec());
         }
 
         #[test]

@@ -31,6 +31,32 @@ pub fn append(out: &mut Vec<u8>, record: &[u8]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// Takes the next record off the front of `rest` (a raw payload), without
+/// reference counting: `None` at the end, an error (and `rest` emptied) on a
+/// malformed payload.
+pub fn next_record<'a>(rest: &mut &'a [u8]) -> Option<Result<&'a [u8], ProtocolError>> {
+    if rest.is_empty() {
+        return None;
+    }
+    let parsed = wire::varint(rest, "record length").and_then(|len| {
+        let len = len as usize;
+        if rest.len() < len {
+            return Err(ProtocolError::Truncated {
+                what: "record",
+                needed: len as u64,
+                available: rest.len() as u64,
+            });
+        }
+        let (record, tail) = rest.split_at(len);
+        *rest = tail;
+        Ok(record)
+    });
+    if parsed.is_err() {
+        *rest = &[];
+    }
+    Some(parsed)
+}
+
 /// Iterates the records of a raw payload. Each record is a zero-copy slice of
 /// the payload. A malformed payload yields one error, then the iterator ends.
 #[derive(Debug, Clone)]
@@ -42,6 +68,11 @@ impl RecordIter {
     /// Iterates the records framed in `raw`.
     pub fn new(raw: Bytes) -> Self {
         RecordIter { rest: raw }
+    }
+
+    /// The records not yet iterated, still framed.
+    pub fn remaining(&self) -> &[u8] {
+        &self.rest
     }
 }
 
@@ -102,6 +133,26 @@ mod tests {
             assert_eq!(it.next().expect("one").expect("valid").len(), len);
             assert!(it.next().is_none());
         }
+    }
+
+    #[test]
+    fn borrowed_and_owned_iteration_agree() {
+        let mut raw = Vec::new();
+        for r in [&b"a"[..], b"", &[9u8; 300]] {
+            append(&mut raw, r).expect("fits");
+        }
+        let owned: Vec<Vec<u8>> = RecordIter::new(Bytes::from(raw.clone()))
+            .map(|r| r.expect("ok").to_vec())
+            .collect();
+        let mut rest = &raw[..];
+        let mut borrowed = Vec::new();
+        while let Some(r) = next_record(&mut rest) {
+            borrowed.push(r.expect("ok").to_vec());
+        }
+        assert_eq!(owned, borrowed);
+        let mut bad = &[5u8, 1][..];
+        assert!(matches!(next_record(&mut bad), Some(Err(_))));
+        assert!(next_record(&mut bad).is_none());
     }
 
     #[test]

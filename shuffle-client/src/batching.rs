@@ -128,10 +128,22 @@ impl Batcher {
     }
 
     fn seal(&mut self, partition: PartitionId, ready: &mut Vec<Block>) -> Result<(), ClientError> {
-        let buf = std::mem::take(&mut self.buffers[partition.index()]);
-        if buf.records == 0 {
+        if self.buffers[partition.index()].records == 0 {
             return Ok(());
         }
+        // The next buffer starts with the room this one needed (up to a
+        // block), so it does not grow by doubling and copying again.
+        let room = self.buffers[partition.index()]
+            .raw
+            .len()
+            .min(self.options.block_size + 64);
+        let buf = std::mem::replace(
+            &mut self.buffers[partition.index()],
+            PartitionBuffer {
+                raw: Vec::with_capacity(room),
+                records: 0,
+            },
+        );
         let seq = &mut self.next_seq[partition.index()];
         let id = BlockId {
             shuffle: self.shuffle,

@@ -148,6 +148,33 @@ impl RecordBatch {
         })
     }
 
+    /// Decompresses a block whose CRC was verified since it was read.
+    pub(crate) fn from_verified_block(block: &Block) -> Result<Self, ClientError> {
+        Ok(RecordBatch {
+            block: block.id(),
+            record_count: block.header.record_count,
+            records: RecordIter::new(block.decompress_verified()?),
+        })
+    }
+
+    /// Calls `f` with each remaining record, borrowed from the block: the
+    /// fast way to consume a batch (no reference counting per record).
+    pub fn for_each_record<E: From<ClientError>>(
+        self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let block = self.block;
+        let mut rest = self.records.remaining();
+        while let Some(record) = protocol::records::next_record(&mut rest) {
+            let record = record.map_err(|e| ClientError::Corrupt {
+                location: block.to_string(),
+                reason: e.to_string(),
+            })?;
+            f(record)?;
+        }
+        Ok(())
+    }
+
     /// The block the records came from.
     pub fn block(&self) -> BlockId {
         self.block

@@ -13,7 +13,7 @@
 
 mod budget;
 pub mod config;
-mod data;
+pub mod data;
 pub mod disk;
 mod error;
 mod grpc;

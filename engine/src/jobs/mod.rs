@@ -90,9 +90,7 @@ pub(crate) async fn read_partition<C: ShuffleClient>(
 ) -> Result<ReadStats, EngineError> {
     let mut reader = client.open_reader(handle, partition, handle.all_maps()).await?;
     while let Some(batch) = reader.next_batch().await? {
-        for record in batch {
-            each(&record?)?;
-        }
+        batch.for_each_record(&mut each)?;
     }
     Ok(reader.stats())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
 use protocol::ProtocolError;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -42,10 +42,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> FrameConn<R, W> {
         }
     }
 
+    /// Writes a frame; block payloads go out without being copied.
     async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
-        let bytes = self.codec.encode_to_bytes(frame)?;
-        self.writer.write_all(&bytes).await?;
-        self.writer.flush().await?;
+        let mut segments = self.codec.encode_segments(frame)?;
+        shuffle_server::data::write_segments(&mut self.writer, &mut segments).await?;
         Ok(())
     }
 

@@ -16,7 +16,9 @@ use protocol::frame::{
     ErrorFrame, FetchBlocks, FetchEnd, FetchRequest, Frame, FrameCodec, PushAck, PushBlocks,
 };
 use protocol::{Block, ProtocolError, ServiceError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::io::IoSlice;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::budget::Credit;
 use crate::state::Shared;
@@ -97,12 +99,14 @@ pub(crate) fn error_frame(request_id: u64, error: ServiceError) -> Frame {
     Frame::Error(ErrorFrame { request_id, error })
 }
 
-/// Encodes a frame the server built. Replies are encoded against the
-/// protocol's default limit (64 MiB), which a fetch chunk (1 MiB plus at
-/// most one 32 MiB block) always fits, whatever limit requests have.
-pub(crate) fn encode(frame: &Frame) -> Bytes {
-    match FrameCodec::default().encode_to_bytes(frame) {
-        Ok(bytes) => bytes,
+/// Encodes a frame the server built, as segments for vectored writes
+/// (block payloads are not copied: they stay slices of the partition
+/// file's mmap). Replies are encoded against the protocol's default limit
+/// (64 MiB), which a fetch chunk (1 MiB plus at most one 32 MiB block)
+/// always fits, whatever limit requests have.
+pub(crate) fn encode(frame: &Frame) -> Vec<Bytes> {
+    match FrameCodec::default().encode_segments(frame) {
+        Ok(segments) => segments,
         Err(e) => {
             tracing::error!("encoding a reply failed: {e}");
             let fallback = error_frame(
@@ -111,11 +115,44 @@ pub(crate) fn encode(frame: &Frame) -> Bytes {
                     reason: e.to_string(),
                 },
             );
-            FrameCodec::default()
+            vec![FrameCodec::default()
                 .encode_to_bytes(&fallback)
-                .unwrap_or_default()
+                .unwrap_or_default()]
         }
     }
+}
+
+/// Writes `segments` in order with vectored writes (up to 64 at a time).
+pub async fn write_segments<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    segments: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < segments.len() {
+        let slices: Vec<IoSlice<'_>> = segments[first..]
+            .iter()
+            .take(64)
+            .map(|s| IoSlice::new(s))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < segments.len() {
+            let len = segments[first].len();
+            if written >= len {
+                written -= len;
+                first += 1;
+            } else {
+                bytes::Buf::advance(&mut segments[first], written);
+                written = 0;
+            }
+        }
+        while first < segments.len() && segments[first].is_empty() {
+            first += 1;
+        }
+    }
+    writer.flush().await
 }
 
 /// Stores a push; returns the reply frame. The push's credit is released
@@ -191,7 +228,7 @@ pub(crate) async fn handle_push(
 pub(crate) trait FrameSink: Send {
     fn send(
         &mut self,
-        bytes: Bytes,
+        segments: Vec<Bytes>,
         credit: Option<Credit>,
     ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 }

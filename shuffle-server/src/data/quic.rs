@@ -120,8 +120,12 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch:
 struct StreamSink(quinn::SendStream);
 
 impl FrameSink for StreamSink {
-    async fn send(&mut self, bytes: Bytes, credit: Option<Credit>) -> std::io::Result<()> {
-        let result = self.0.write_all(&bytes).await.map_err(std::io::Error::from);
+    async fn send(&mut self, mut segments: Vec<Bytes>, credit: Option<Credit>) -> std::io::Result<()> {
+        let result = self
+            .0
+            .write_all_chunks(&mut segments)
+            .await
+            .map_err(std::io::Error::from);
         drop(credit);
         result
     }

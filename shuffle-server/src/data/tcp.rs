@@ -14,7 +14,10 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, ReadError, Transport};
+use super::{
+    encode, error_frame, handle_push, read_frame, serve_fetch, write_segments, FrameSink, ReadError,
+    Transport,
+};
 use crate::budget::Credit;
 use crate::state::Shared;
 
@@ -25,7 +28,7 @@ const OUTBOX_DEPTH: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Outgoing {
-    bytes: Bytes,
+    segments: Vec<Bytes>,
     _credit: Option<Credit>,
     /// Told once the bytes are on the socket.
     written: oneshot::Sender<()>,
@@ -39,12 +42,12 @@ impl FrameSink for Outbox {
     /// fetch stream has at most one chunk queued: a reader that stops
     /// reading pins one chunk of credit, and its fetch task waits here, not
     /// in the budget's queue where it would hold up everyone else.
-    async fn send(&mut self, bytes: Bytes, credit: Option<Credit>) -> std::io::Result<()> {
+    async fn send(&mut self, segments: Vec<Bytes>, credit: Option<Credit>) -> std::io::Result<()> {
         let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed");
         let (written, done) = oneshot::channel();
         self.0
             .send(Outgoing {
-                bytes,
+                segments,
                 _credit: credit,
                 written,
             })
@@ -81,8 +84,8 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, st
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX_DEPTH);
     let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            if let Err(e) = write_half.write_all(&out.bytes).await {
+        while let Some(mut out) = rx.recv().await {
+            if let Err(e) = write_segments(&mut write_half, &mut out.segments).await {
                 tracing::debug!(%peer, "tcp write failed: {e}");
                 break;
             }
