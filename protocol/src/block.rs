@@ -192,7 +192,10 @@ impl Block {
             let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(raw.len())];
             match lz4_flex::block::compress_into(&raw, &mut out) {
                 Ok(n) if n < raw.len() => {
+                    // Give back the worst-case room: a block in flight
+                    // should hold its compressed size, not its raw size.
                     out.truncate(n);
+                    out.shrink_to_fit();
                     Some(out)
                 }
                 _ => None,
