@@ -43,7 +43,8 @@ pub struct ServerConfig {
     /// fsync partition files and metadata when a shuffle seals, so sealed
     /// data survives a crash. Default true.
     pub fsync_on_seal: bool,
-    /// Partition files kept open for appending. Default 4096.
+    /// Partition files kept open for appending (the soft open-file limit is
+    /// raised to fit, within the hard limit). Default 16384.
     pub max_open_files: usize,
     /// Longest wait for in-flight pushes when draining. Default 30 s.
     pub drain_timeout: Duration,
@@ -66,7 +67,7 @@ impl ServerConfig {
             quic_cert: None,
             quic_key: None,
             fsync_on_seal: true,
-            max_open_files: 4096,
+            max_open_files: 16384,
             drain_timeout: Duration::from_secs(30),
         }
     }

@@ -18,6 +18,7 @@ pub mod disk;
 mod error;
 mod grpc;
 mod http;
+mod limits;
 mod local;
 pub mod metrics;
 mod server;

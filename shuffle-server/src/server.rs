@@ -109,7 +109,7 @@ pub async fn run(
     let addrs = listeners.addrs()?;
     let store_config = StoreConfig {
         data_dirs: config.data_dirs.clone(),
-        max_open_files: config.max_open_files,
+        max_open_files: crate::limits::fit_open_files(config.max_open_files),
         fsync_on_seal: config.fsync_on_seal,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
