@@ -90,3 +90,30 @@ impl Cluster {
             .expect("client connects")
     }
 }
+
+/// Runs the conformance suite against `RemoteShuffle` over `$transport`
+/// with `$servers` servers. The test file declares `mod conformance;` and
+/// `mod support;`.
+#[macro_export]
+macro_rules! remote_conformance {
+    ($servers:expr, $transport:expr) => {
+        impl conformance::Harness for support::Cluster {
+            type Client = shuffle_client::RemoteShuffle;
+            fn client(&self) -> &shuffle_client::RemoteShuffle {
+                &self.client
+            }
+            fn data_dirs(&self) -> Vec<std::path::PathBuf> {
+                self.dirs
+                    .iter()
+                    .flatten()
+                    .map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()))
+                    .collect()
+            }
+            fn sandbox(&self) -> std::path::PathBuf {
+                self.tmp.path().to_path_buf()
+            }
+        }
+
+        conformance_suite!(support::Cluster::start($servers, $transport).await);
+    };
+}
