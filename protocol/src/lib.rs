@@ -19,6 +19,7 @@ pub mod ids;
 pub mod mode;
 pub mod records;
 mod service_error;
+pub mod units;
 mod wire;
 
 pub use block::{Block, BlockHeader, BlockId, Codec};

@@ -279,14 +279,7 @@ fn main() -> Result<()> {
 }
 
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.2} {}", UNITS[i])
+    benches::units::human_bytes(bytes)
 }
 
 fn machine() -> String {

@@ -95,6 +95,22 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((frame, credit)))
 }
 
+impl ReadError {
+    /// Logs and counts a connection closed for this error.
+    pub(crate) fn record(&self, shared: &Shared, transport: Transport, peer: std::net::SocketAddr) {
+        tracing::warn!(%peer, transport = transport.label(), "closing connection: {self}");
+        let reason = match self {
+            ReadError::Protocol(_) => "malformed",
+            ReadError::Io(_) => "connection",
+        };
+        shared
+            .metrics
+            .rejected_requests
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
 pub(crate) fn error_frame(request_id: u64, error: ServiceError) -> Frame {
     Frame::Error(ErrorFrame { request_id, error })
 }

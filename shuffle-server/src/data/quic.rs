@@ -95,16 +95,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch:
                 let (shared, conn) = (shared.clone(), conn.clone());
                 tokio::spawn(async move {
                     if let Err(e) = request(&shared, send, recv).await {
-                        tracing::warn!(peer = %conn.remote_address(), "closing quic connection: {e}");
-                        let reason = match &e {
-                            ReadError::Protocol(_) => "malformed",
-                            ReadError::Io(_) => "connection",
-                        };
-                        shared
-                            .metrics
-                            .rejected_requests
-                            .with_label_values(&[reason])
-                            .inc();
+                        e.record(&shared, Transport::Quic, conn.remote_address());
                         if let ReadError::Protocol(_) = e {
                             conn.close(1u32.into(), b"malformed frame");
                         }

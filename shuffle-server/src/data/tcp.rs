@@ -101,16 +101,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, st
         _ = crate::state::stopped(stop) => Ok(()),
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, "closing tcp connection: {e}");
-        let reason = match &e {
-            ReadError::Protocol(_) => "malformed",
-            ReadError::Io(_) => "connection",
-        };
-        shared
-            .metrics
-            .rejected_requests
-            .with_label_values(&[reason])
-            .inc();
+        e.record(&shared, Transport::Tcp, peer);
         if let ReadError::Protocol(p) = &e {
             let frame = error_frame(
                 0,
