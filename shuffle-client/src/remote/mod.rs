@@ -123,11 +123,7 @@ impl Inner {
         let mut attempt = 0;
         loop {
             match op().await {
-                Err(e)
-                    if e.is_retryable()
-                        && !matches!(e, ClientError::NotReady { .. })
-                        && attempt < self.options.max_retries =>
-                {
+                Err(e) if retried_here(&e) && attempt < self.options.max_retries => {
                     tracing::debug!(attempt, "retrying after: {e}");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2).min(Duration::from_secs(5));
@@ -186,6 +182,13 @@ impl Inner {
         })
         .await
     }
+}
+
+/// Errors the client retries by itself: transport and server-side failures.
+/// `NotReady` is retryable too, but only the caller knows when to try again
+/// (after more maps commit), so it is returned at once.
+pub(crate) fn retried_here(e: &ClientError) -> bool {
+    e.is_retryable() && !matches!(e, ClientError::NotReady { .. })
 }
 
 /// Shuffle servers over TCP or QUIC, as a [`ShuffleClient`].

@@ -8,7 +8,7 @@ use protocol::frame::{FetchRequest, Frame};
 use protocol::{Block, MapRange, PartitionId};
 
 use super::conn::Stream;
-use super::Inner;
+use super::{retried_here, Inner};
 use crate::{ClientError, ReadStats, RecordBatch, ShuffleHandle, ShuffleReader};
 
 /// Reader of one partition on a remote server.
@@ -69,7 +69,7 @@ impl RemoteReader {
         while self.pending.is_empty() && !self.done {
             match self.step().await {
                 Ok(_) => {}
-                Err(e) if e.is_retryable() && self.retries < self.inner.options.max_retries => {
+                Err(e) if retried_here(&e) && self.retries < self.inner.options.max_retries => {
                     self.retries += 1;
                     self.stream = None;
                     let server = &self.inner.servers[self.server];
