@@ -48,6 +48,14 @@ impl Placement {
 
 impl ShuffleHandle {
     pub(crate) fn new(app: AppId, shuffle: ShuffleId, spec: ShuffleSpec, placement: Placement) -> Self {
+        Self::from_parts(app, shuffle, spec, placement)
+    }
+
+    /// Rebuilds a handle from its parts, as another process received them
+    /// (an engine's worker, given the handle its coordinator registered).
+    /// A handle naming a shuffle that was never registered, or the wrong
+    /// servers, fails on use with the service's error, not silently.
+    pub fn from_parts(app: AppId, shuffle: ShuffleId, spec: ShuffleSpec, placement: Placement) -> Self {
         ShuffleHandle {
             app,
             shuffle,

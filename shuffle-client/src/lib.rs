@@ -19,6 +19,7 @@ mod client;
 pub mod embedded;
 mod error;
 pub mod remote;
+pub mod service;
 
 pub use batching::{Batcher, WriterOptions};
 pub use client::{
@@ -29,3 +30,4 @@ pub use embedded::EmbeddedShuffle;
 pub use error::ClientError;
 pub use protocol;
 pub use remote::{QuicTrust, RemoteOptions, RemoteShuffle, ServerUrl};
+pub use service::ServedShuffle;

@@ -1,0 +1,38 @@
+//! A shuffle service started inside this process on loopback ports, for
+//! engines that run tasks in other processes but want no daemon started by
+//! hand: the engine's coordinator hosts it, its workers connect to
+//! [`ServedShuffle::tcp_url`] with a [`crate::RemoteShuffle`].
+
+use std::path::PathBuf;
+
+use shuffle_server::config::ServerConfig;
+use shuffle_server::LocalServer;
+
+use crate::ClientError;
+
+/// A running in-process shuffle server on `127.0.0.1` ephemeral ports.
+#[derive(Debug)]
+pub struct ServedShuffle {
+    server: LocalServer,
+}
+
+impl ServedShuffle {
+    /// Starts a server storing under `data_dirs`, holding at most
+    /// `memory_budget` bytes of buffered data.
+    pub async fn start(data_dirs: Vec<PathBuf>, memory_budget: u64) -> Result<Self, ClientError> {
+        let mut config = ServerConfig::new(data_dirs);
+        config.memory_budget = memory_budget;
+        let server = LocalServer::start(config).await?;
+        Ok(ServedShuffle { server })
+    }
+
+    /// `tcp://127.0.0.1:PORT` of its data plane.
+    pub fn tcp_url(&self) -> String {
+        self.server.tcp_url()
+    }
+
+    /// Drains the server and waits for it to stop.
+    pub async fn shutdown(self) -> Result<(), ClientError> {
+        Ok(self.server.shutdown().await?)
+    }
+}
