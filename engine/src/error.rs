@@ -31,6 +31,41 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// A task of a job failed on its last allowed attempt.
+    #[error("stage {stage} task {task} failed after {attempts} attempt(s): {source}")]
+    JobTaskFailed {
+        stage: String,
+        task: u32,
+        attempts: u32,
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// A coordinator or worker sent something that is not the protocol.
+    #[error("protocol error from {peer}: {reason}")]
+    Protocol { peer: String, reason: String },
+    /// A pipelined region needs all its tasks running at once and the
+    /// workers do not have that many slots.
+    #[error(
+        "{mode} mode runs all {needed} tasks of a region at once, but the workers have {available} slots; \
+         add workers (--workers) or slots per worker (--slots), or use blocking or hybrid mode"
+    )]
+    NotEnoughSlots {
+        mode: shuffle_client::protocol::ShuffleMode,
+        needed: u32,
+        available: u32,
+    },
+    /// Worker processes could not be started or did not join in time.
+    #[error("workers: {reason}")]
+    Workers { reason: String },
+    /// A region was restarted more often than allowed.
+    #[error("region restarted {restarts} times (limit {limit}); last failure: {last}")]
+    TooManyRestarts { restarts: u32, limit: u32, last: String },
+    /// A task failed on a worker (the worker's message, classified).
+    #[error("{message}")]
+    Remote {
+        class: crate::cluster::wire::FailureClass,
+        message: String,
+    },
     /// A task panicked or was cancelled.
     #[error("{stage} task {task} did not finish: {reason}")]
     TaskAborted {

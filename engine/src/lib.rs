@@ -6,10 +6,13 @@
 //!   retries failed attempts.
 //! * [`report`]: the job report printed as JSON.
 
+pub mod cluster;
 mod error;
 pub mod exec;
+pub mod jobfile;
 pub mod jobs;
 pub mod kv;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod units;

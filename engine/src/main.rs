@@ -1,29 +1,34 @@
-//! `engine`: runs built-in jobs through the shuffle service.
+//! `engine`: runs dataflow jobs through the shuffle service, on worker
+//! processes, in the shuffle mode chosen per job.
 //!
 //! With no `--shuffle-servers`, jobs use the embedded shuffle service over a
 //! temporary data directory, so nothing needs to be started by hand.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use engine::exec::StagePolicy;
-use engine::jobs::{terasort, wordcount, JobContext};
+use engine::cluster::wire::ServiceSpec;
+use engine::cluster::worker::{run_worker, WorkerOptions};
+use engine::cluster::{run_job, Executors, RunConfig, ServiceChoice, WorkerSource};
+use engine::jobfile::{size_value, JobFile};
+use engine::plan::{JobSpec, Registry};
 use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
-use engine::units::{human_bytes, parse_size};
-use shuffle_client::protocol::{AppId, ShuffleMode};
-use shuffle_client::{
-    EmbeddedShuffle, QuicTrust, RemoteOptions, RemoteShuffle, ShuffleClient, WriterOptions,
-};
+use engine::units::{human_bytes, parse_duration, parse_size};
+use serde_json::{json, Map, Value};
+use shuffle_client::protocol::ShuffleMode;
+use shuffle_client::WriterOptions;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "engine",
     version,
-    about = "Runs dataflow jobs through the remote shuffle service"
+    about = "Runs dataflow jobs through the remote shuffle service, on worker processes, \
+             in blocking, pipelined or hybrid shuffle mode"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,31 +37,51 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a built-in job.
+    /// Run a job: a built-in one by name, or one described in a TOML job
+    /// file (`--job-file`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_required = false)]
     Run {
         #[command(subcommand)]
-        job: Job,
+        job: Option<JobCmd>,
+        /// A TOML job file (see `engine::jobfile`): `job = "terasort"`,
+        /// settings, and a `[params]` table. Flags override it.
+        #[arg(long, value_name = "FILE")]
+        job_file: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Run as a worker of a coordinator (started by `engine run`, or by
+    /// hand with `engine run --external-workers`).
+    Worker {
+        /// The coordinator's address, as `engine run` printed it.
+        #[arg(long)]
+        coordinator: SocketAddr,
+        /// Tasks run at once.
+        #[arg(long, default_value_t = 64)]
+        slots: u32,
+        /// Runtime threads. Default: the number of CPUs.
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
 #[derive(Subcommand, Debug)]
-enum Job {
+enum JobCmd {
     /// Generate, range-partition and sort 100-byte records, then validate
     /// the global order and a checksum (TeraGen + TeraSort + TeraValidate).
     Terasort {
         /// Bytes of data to sort (1GiB, 256MiB, 10MB...).
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
         /// Reduce partitions.
-        #[arg(long, default_value_t = 64)]
-        partitions: u32,
-        /// Map tasks. Default: one per 64 MiB of data, at least the
-        /// parallelism.
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Map tasks (generators).
         #[arg(long)]
         maps: Option<u32>,
         /// Seed of the data generator.
-        #[arg(long, default_value_t = 0x5eed)]
-        seed: u64,
+        #[arg(long)]
+        seed: Option<u64>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -67,50 +92,113 @@ enum Job {
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<PathBuf>,
         /// Reduce partitions.
-        #[arg(long, default_value_t = 16)]
-        partitions: u32,
-        /// Folder for the `part-NNNNN` result files (word<TAB>count, sorted).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Map tasks.
+        #[arg(long)]
+        maps: Option<u32>,
+        /// Folder for the result files (word<TAB>count, sorted).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Bytes of input per map task.
-        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
-        split_size: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Aggregate a numeric column of CSV files by a key column.
+    Groupby {
+        /// Input CSV files (with a header row).
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Key column: a header name or a 0-based index.
+        #[arg(long)]
+        key: String,
+        /// Value column: a header name or a 0-based index.
+        #[arg(long)]
+        value: String,
+        /// sum, count, min, max or avg.
+        #[arg(long, default_value = "sum")]
+        agg: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Inner join of two CSV files on key columns.
+    Join {
+        #[arg(long)]
+        left: PathBuf,
+        #[arg(long)]
+        right: PathBuf,
+        /// Key column of the left file (name or 0-based index).
+        #[arg(long)]
+        left_key: String,
+        /// Key column of the right file (name or 0-based index).
+        #[arg(long)]
+        right_key: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        #[arg(long)]
+        output: Option<PathBuf>,
         #[command(flatten)]
         common: CommonArgs,
     },
 }
 
-#[derive(Args, Debug)]
+/// Settings of `engine run`; each overrides the job file, which overrides
+/// the default named here.
+#[derive(Args, Debug, Default)]
 struct CommonArgs {
     /// Shuffle mode: blocking, pipelined, hybrid-full or hybrid-selective.
-    #[arg(long, default_value = "blocking")]
-    mode: ShuffleMode,
+    /// Default: blocking.
+    #[arg(long)]
+    mode: Option<ShuffleMode>,
+    /// Worker processes to start; 0 runs the tasks in this process.
+    /// Default: 2.
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Tasks each worker runs at once. A pipelined job needs all its tasks
+    /// running at once. Default: 64.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Wait for `--workers` workers started by hand (`engine worker
+    /// --coordinator ADDR`) instead of starting them.
+    #[arg(long)]
+    external_workers: bool,
+    /// Address to listen on for workers. Default: 127.0.0.1, any port.
+    #[arg(long)]
+    coordinator_listen: Option<SocketAddr>,
     /// Comma-separated shuffle server URLs (tcp://host:port or
-    /// quic://host:port, the servers' data-plane addresses). Without it the
-    /// embedded shuffle service is used.
+    /// quic://host:port). Default: the embedded shuffle service.
     #[arg(long, value_delimiter = ',')]
     shuffle_servers: Vec<String>,
-    /// SHA-256 fingerprint of a QUIC server's certificate to trust (the
-    /// server logs it at start); repeat for several servers.
+    /// SHA-256 fingerprint of a QUIC server's certificate to trust; repeat
+    /// for several servers.
     #[arg(long = "quic-pin", value_name = "HEX")]
     quic_pins: Vec<String>,
-    /// PEM file of certificates to trust for QUIC (e.g. written by
-    /// `shuffle-server --quic-cert-out`).
+    /// PEM file of certificates to trust for QUIC.
     #[arg(long, value_name = "FILE")]
     quic_ca: Option<PathBuf>,
     /// Folder for the embedded shuffle service's data. Default: a temporary
     /// folder, deleted when the job ends.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Tasks run at once. Default: the number of CPUs.
+    /// Memory of the embedded shuffle service for buffered data (pipelined
+    /// and hybrid shuffles stream through it). Default: 1GiB.
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
+    /// Hybrid-selective: how long a block may wait in the embedded
+    /// service's memory for its reader before it spills to disk (500ms,
+    /// 2s...). Default: 1s.
+    #[arg(long, value_parser = parse_duration)]
+    spill_after: Option<Duration>,
+    /// Attempts per task (and runs per region) before the job fails.
+    /// Default: 3.
     #[arg(long)]
-    parallelism: Option<usize>,
-    /// Attempts per task before the job fails.
-    #[arg(long, default_value_t = 3)]
-    max_attempts: u32,
-    /// Shuffle block size before compression.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
-    block_size: u64,
+    max_attempts: Option<u32>,
+    /// Shuffle block size before compression. Default: 1MiB.
+    #[arg(long, value_parser = parse_size)]
+    block_size: Option<u64>,
     /// Do not LZ4-compress shuffle blocks.
     #[arg(long)]
     no_compress: bool,
@@ -120,19 +208,30 @@ struct CommonArgs {
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
-}
-
-impl CommonArgs {
-    fn parallelism(&self) -> usize {
-        self.parallelism
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
-    }
+    /// Testing aid: every shuffle reader waits this long before each block
+    /// (a deliberately slow consumer, to watch backpressure).
+    #[arg(long, hide = true, value_parser = parse_duration, default_value = "0ms")]
+    slow_reads: Duration,
+    /// Milliseconds between progress reports from workers.
+    #[arg(long, hide = true, default_value_t = 200)]
+    progress_ms: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Run {
+            job,
+            job_file,
+            common,
+        } => run(job, job_file, common),
+        Command::Worker {
+            coordinator,
+            slots,
+            threads,
+        } => worker(coordinator, slots, threads).map(|()| true),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("error: the job's output did not validate");
@@ -145,153 +244,222 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<bool> {
-    let Command::Run { job } = cli.command;
-    let common = match &job {
-        Job::Terasort { common, .. } | Job::Wordcount { common, .. } => common,
-    };
-    if common.max_attempts == 0 {
-        bail!("--max-attempts must be at least 1");
-    }
-    let parallelism = common.parallelism();
-    let json = common.json;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(parallelism)
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    let settings = Settings {
-        app: AppId::new(format!("engine-{}", std::process::id())).context("app id")?,
-        mode: common.mode,
-        policy: StagePolicy {
-            parallelism,
-            max_attempts: common.max_attempts,
-        },
-        writer_options: WriterOptions {
-            block_size: usize::try_from(common.block_size).unwrap_or(usize::MAX),
-            compress: !common.no_compress,
-            ..WriterOptions::default()
-        },
-        progress: Progress::new(if common.quiet {
-            ProgressMode::Off
-        } else {
-            ProgressMode::Auto
-        }),
-    };
-
-    let report = if common.shuffle_servers.is_empty() {
-        // The embedded service's data lives in a temporary folder unless told.
-        let (_temp, data_dir) = match &common.data_dir {
-            Some(dir) => (None, dir.clone()),
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("rss-engine-")
-                    .tempdir()
-                    .context("creating a temporary data folder")?;
-                let dir = t.path().to_path_buf();
-                (Some(t), dir)
-            }
-        };
-        let client = EmbeddedShuffle::open(vec![data_dir.clone()])
-            .with_context(|| format!("opening the embedded shuffle store in {}", data_dir.display()))?;
-        runtime.block_on(run_job(settings.context(client, "embedded".into()), job))?
-    } else {
-        let options = RemoteOptions {
-            quic_trust: quic_trust(common)?,
-            ..RemoteOptions::default()
-        };
-        let urls = common.shuffle_servers.join(",");
-        runtime.block_on(async {
-            let client = RemoteShuffle::connect_str(&urls, options)
-                .await
-                .with_context(|| format!("connecting to the shuffle servers {urls}"))?;
-            run_job(settings.context(client, urls.clone()), job).await
-        })?
-    };
-    print_report(&report, json)?;
-    Ok(report.valid)
+        .context("starting the runtime")
 }
 
-/// Job settings that do not depend on the shuffle client.
-struct Settings {
-    app: AppId,
-    mode: ShuffleMode,
-    policy: StagePolicy,
-    writer_options: WriterOptions,
-    progress: Progress,
+fn worker(coordinator: SocketAddr, slots: u32, threads: Option<usize>) -> Result<()> {
+    if slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    let registry = Registry::builtin();
+    runtime(threads)?
+        .block_on(run_worker(WorkerOptions { coordinator, slots }, &registry))
+        .context("worker")
 }
 
-impl Settings {
-    fn context<C>(self, client: C, label: String) -> JobContext<C> {
-        JobContext {
-            client: Arc::new(client),
-            app: self.app,
-            mode: self.mode,
-            policy: self.policy,
-            writer_options: self.writer_options,
-            progress: self.progress,
-            shuffle_label: label,
+/// A named job from the command line: its spec and its settings.
+fn job_from_cmd(job: JobCmd) -> (JobSpec, CommonArgs) {
+    let mut p = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            p.insert(k.to_string(), v);
         }
-    }
-}
-
-fn quic_trust(common: &CommonArgs) -> Result<QuicTrust> {
-    if let Some(file) = &common.quic_ca {
-        let pem = std::fs::read(file).with_context(|| format!("reading --quic-ca {}", file.display()))?;
-        return QuicTrust::roots_from_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("--quic-ca {}: {e}", file.display()));
-    }
-    if common.quic_pins.is_empty() {
-        return Ok(QuicTrust::None);
-    }
-    let pins = common
-        .quic_pins
-        .iter()
-        .map(|p| QuicTrust::parse_fingerprint(p).map_err(|e| anyhow::anyhow!("--quic-pin: {e}")))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(QuicTrust::Pinned(pins))
-}
-
-/// Runs one job, then releases the app on the shuffle service.
-async fn run_job<C: ShuffleClient>(ctx: JobContext<C>, job: Job) -> Result<JobReport> {
-    let report = match job {
-        Job::Terasort {
+    };
+    let (name, common) = match job {
+        JobCmd::Terasort {
             size,
             partitions,
             maps,
             seed,
-            ..
+            common,
         } => {
-            let parallelism = ctx.policy.parallelism;
-            let maps = maps.unwrap_or_else(|| ((size >> 26) as u32).max(parallelism as u32).max(1));
-            let config = terasort::TerasortConfig {
-                size_bytes: size,
-                maps,
-                partitions,
-                seed,
-            };
-            terasort::run(&ctx, config).await
+            put("size", size.map(Value::from));
+            put("partitions", partitions.map(Value::from));
+            put("maps", maps.map(Value::from));
+            put("seed", seed.map(Value::from));
+            ("terasort", common)
         }
-        Job::Wordcount {
+        JobCmd::Wordcount {
             input,
             partitions,
+            maps,
             output,
-            split_size,
-            ..
+            common,
         } => {
-            let config = wordcount::WordcountConfig {
-                inputs: input,
-                partitions,
-                output,
-                split_size,
-            };
-            wordcount::run(&ctx, config).await
+            put("inputs", Some(json!(input)));
+            put("partitions", partitions.map(Value::from));
+            put("maps", maps.map(Value::from));
+            put("output", output.map(|o| json!(o)));
+            ("wordcount", common)
+        }
+        JobCmd::Groupby {
+            input,
+            key,
+            value,
+            agg,
+            partitions,
+            output,
+            common,
+        } => {
+            put("inputs", Some(json!(input)));
+            put("key_column", Some(json!(key)));
+            put("value_column", Some(json!(value)));
+            put("agg", Some(json!(agg)));
+            put("partitions", partitions.map(Value::from));
+            put("output", output.map(|o| json!(o)));
+            ("groupby", common)
+        }
+        JobCmd::Join {
+            left,
+            right,
+            left_key,
+            right_key,
+            partitions,
+            output,
+            common,
+        } => {
+            put("left", Some(json!(left)));
+            put("right", Some(json!(right)));
+            put("left_key", Some(json!(left_key)));
+            put("right_key", Some(json!(right_key)));
+            put("partitions", partitions.map(Value::from));
+            put("output", output.map(|o| json!(o)));
+            ("join", common)
         }
     };
-    if let Err(e) = ctx.client.unregister_app(&ctx.app).await {
-        eprintln!("warning: releasing the app on the shuffle service failed: {e}");
+    (
+        JobSpec {
+            name: name.to_string(),
+            params: Value::Object(p),
+        },
+        common,
+    )
+}
+
+fn run(job: Option<JobCmd>, job_file: Option<PathBuf>, flags: CommonArgs) -> Result<bool> {
+    let (spec, flags, file) = match (job, job_file) {
+        (Some(job), None) => {
+            let (spec, common) = job_from_cmd(job);
+            (spec, common, JobFile::default())
+        }
+        (None, Some(path)) => {
+            let file = JobFile::load(&path)?;
+            let spec = JobSpec {
+                name: file.job.clone(),
+                params: file.params_json(),
+            };
+            (spec, flags, file)
+        }
+        (None, None) => bail!("name a job (terasort, wordcount, groupby, join) or give --job-file"),
+        (Some(_), Some(_)) => bail!("give a job name or --job-file, not both"),
+    };
+    let config = settings(&flags, &file)?;
+    let json_out = flags.json;
+    let registry = Registry::builtin();
+    let report = runtime(None)?.block_on(run_job(&registry, spec, &config))?;
+    print_report(&report, json_out)?;
+    Ok(report.valid)
+}
+
+/// Flags over the job file over defaults.
+fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
+    let mode = match (flags.mode, &file.mode) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m.parse().map_err(|e| anyhow::anyhow!("job file `mode`: {e}"))?,
+        (None, None) => ShuffleMode::Blocking,
+    };
+    let workers = flags.workers.or(file.workers).unwrap_or(2);
+    let slots = flags.slots.or(file.slots).unwrap_or(64);
+    if slots == 0 {
+        bail!("`slots` must be at least 1");
     }
-    Ok(report?)
+    let max_attempts = flags.max_attempts.or(file.max_attempts).unwrap_or(3);
+    if max_attempts == 0 {
+        bail!("`max_attempts` must be at least 1");
+    }
+    let block_size = match (flags.block_size, &file.block_size) {
+        (Some(b), _) => b,
+        (None, Some(v)) => size_value("block_size", v)?,
+        (None, None) => 1 << 20,
+    };
+    let memory_budget = match (flags.memory_budget, &file.memory_budget) {
+        (Some(b), _) => b,
+        (None, Some(v)) => size_value("memory_budget", v)?,
+        (None, None) => 1 << 30,
+    };
+    let spill_after = match (flags.spill_after, &file.spill_after) {
+        (Some(d), _) => d,
+        (None, Some(text)) => parse_duration(text).map_err(|e| anyhow::anyhow!("job file `spill_after`: {e}"))?,
+        (None, None) => Duration::from_secs(1),
+    };
+    let compress = !flags.no_compress && file.compress.unwrap_or(true);
+    let servers = if flags.shuffle_servers.is_empty() {
+        file.shuffle_servers.clone()
+    } else {
+        flags.shuffle_servers.clone()
+    };
+    let service = if servers.is_empty() {
+        ServiceChoice::Embedded {
+            data_dir: flags.data_dir.clone().or(file.data_dir.clone()),
+            memory_budget,
+            spill_after,
+        }
+    } else {
+        ServiceChoice::Servers(ServiceSpec {
+            urls: servers,
+            quic_pins: if flags.quic_pins.is_empty() {
+                file.quic_pins.clone()
+            } else {
+                flags.quic_pins.clone()
+            },
+            quic_ca: flags.quic_ca.clone().or(file.quic_ca.clone()),
+        })
+    };
+    let executors = if workers == 0 {
+        Executors::InProcess { slots }
+    } else {
+        let source = if flags.external_workers {
+            WorkerSource::External { count: workers }
+        } else {
+            WorkerSource::Spawn {
+                count: workers,
+                slots,
+                exe: std::env::current_exe().context("locating the engine binary to start workers")?,
+            }
+        };
+        Executors::Workers {
+            source,
+            listen: flags
+                .coordinator_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        }
+    };
+    Ok(RunConfig {
+        mode,
+        executors,
+        service,
+        max_attempts,
+        writer_options: WriterOptions {
+            block_size: usize::try_from(block_size).unwrap_or(usize::MAX),
+            compress,
+            ..WriterOptions::default()
+        },
+        progress: Progress::new(if flags.quiet {
+            ProgressMode::Off
+        } else {
+            ProgressMode::Auto
+        }),
+        progress_every: Duration::from_millis(flags.progress_ms.max(10)),
+        read_delay: flags.slow_reads,
+    })
 }
 
 fn print_report(report: &JobReport, json: bool) -> Result<()> {
@@ -300,8 +468,13 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
         .iter()
         .map(|s| format!("{} {:.2}s ({} tasks)", s.name, s.seconds, s.tasks))
         .collect();
+    let place = if report.workers == 0 {
+        "in process".to_string()
+    } else {
+        format!("{} workers", report.workers)
+    };
     println!(
-        "{} ({} shuffle, {}): {} records in, {} records out, {} valid",
+        "{} ({} shuffle, {}, {place}): {} records in, {} records out, {} valid",
         report.job,
         report.mode,
         report.shuffle,
@@ -310,22 +483,26 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
         if report.valid { "is" } else { "NOT" }
     );
     println!(
-        "  wall {:.2}s; stages: {}; shuffle wrote {}, read {}, on disk {}",
+        "  wall {:.2}s (+{:.2}s starting workers); stages: {}; shuffle wrote {}, read {}, on disk {}",
         report.wall_seconds,
+        report.startup_seconds,
         stages.join(", "),
         human_bytes(report.shuffle_bytes_written),
         human_bytes(report.shuffle_bytes_read),
         human_bytes(report.spilled_bytes)
     );
-    if let Some(g) = report.extra.get("generate_seconds").and_then(|v| v.as_f64()) {
-        println!("  data generation alone (baseline, same run): {g:.2}s");
+    if report.retries > 0 || report.region_restarts > 0 {
+        println!(
+            "  recovered: {} task retries, {} region restarts",
+            report.retries, report.region_restarts
+        );
     }
-    if let Some(serde_json::Value::Array(top)) = report.extra.get("top_words") {
-        let words: Vec<String> = top
-            .iter()
-            .map(|p| format!("{}={}", p[0].as_str().unwrap_or("?"), p[1]))
-            .collect();
-        println!("  top words: {}", words.join(" "));
+    for p in &report.problems {
+        println!("  problem: {p}");
+    }
+    if !report.extra.is_empty() {
+        let extra: Vec<String> = report.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  {}", extra.join(" "));
     }
     if json {
         println!(

@@ -32,12 +32,19 @@ impl Progress {
         }
     }
 
+    /// A line of news (a worker joined...), unless progress is off.
+    pub fn say(&self, msg: String) {
+        if self.mode == ProgressMode::Auto {
+            eprintln!("{msg}");
+        }
+    }
+
     /// Starts reporting a stage of `total` tasks.
     pub fn stage(&self, name: &str, total: u64) -> Arc<StageProgress> {
         let bar = (self.mode == ProgressMode::Auto && self.fancy).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix:>10} [{bar:30}] {pos}/{len} tasks {elapsed_precise} {msg}",
+                "{prefix:>12} [{bar:24}] {pos}/{len} tasks {elapsed_precise} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
@@ -82,6 +89,28 @@ impl StageProgress {
             if quarter(done) != quarter(done - 1) && done < self.total {
                 eprintln!("[{}] {done}/{} tasks", self.name, self.total);
             }
+        }
+    }
+
+    /// Live figures: tasks running, bytes read from and written to the
+    /// shuffle so far (bar only; plain output stays at quarters).
+    pub fn figures(&self, running: u64, read: u64, written: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{running} running, read {}, wrote {}",
+                crate::units::human_bytes(read),
+                crate::units::human_bytes(written)
+            ));
+        }
+    }
+
+    /// The stage starts over (its region restarted).
+    pub fn reset(&self) {
+        self.done.store(0, Ordering::Release);
+        if let Some(bar) = &self.bar {
+            bar.set_position(0);
+        } else if self.plain {
+            eprintln!("[{}] restarting: 0/{} tasks", self.name, self.total);
         }
     }
 

@@ -5,12 +5,18 @@ use serde::Serialize;
 /// What a job did. Field names are stable: scripts read them.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct JobReport {
-    /// `terasort`, `wordcount`.
+    /// `terasort`, `wordcount`, `groupby`, `join` or a user job's name.
     pub job: String,
-    /// Shuffle mode (`blocking`, ...).
+    /// Shuffle mode (`blocking`, `pipelined`, `hybrid-full`,
+    /// `hybrid-selective`).
     pub mode: String,
     /// `embedded` or the shuffle server URLs.
     pub shuffle: String,
+    /// Worker processes (0: tasks ran in the coordinator's process).
+    pub workers: u32,
+    pub parallelism: usize,
+    /// Task slots over all workers.
+    pub slots: u32,
     /// Records produced by the sources.
     pub records_in: u64,
     /// Records produced by the sinks.
@@ -19,27 +25,46 @@ pub struct JobReport {
     pub shuffle_bytes_written: u64,
     /// Bytes fetched from the shuffle.
     pub shuffle_bytes_read: u64,
-    /// Bytes the shuffle service wrote to disk.
+    /// Bytes the shuffle service holds on disk for the job's shuffles at
+    /// the end (blocking and hybrid-full: everything; hybrid-selective:
+    /// what spilled; pipelined: nothing).
     pub spilled_bytes: u64,
-    /// Wall time of the job, source to sink (data generation for terasort
-    /// included, since it is the job's source).
+    /// Wall time of the job, from scheduling the first task to the
+    /// validated output (worker start-up excluded, see
+    /// `startup_seconds`).
     pub wall_seconds: f64,
-    /// Time of each stage, in order.
+    /// Time to start the workers and set the job up on them.
+    pub startup_seconds: f64,
+    /// Each stage, in order.
     pub stages: Vec<StageReport>,
+    /// Task attempts that failed and ran again alone.
+    pub retries: u32,
+    /// Times the whole region restarted (pipelined, hybrid-selective).
+    pub region_restarts: u32,
+    /// Map tasks of the first shuffle.
     pub maps: u32,
+    /// Partitions of the last shuffle.
     pub partitions: u32,
-    pub parallelism: usize,
     /// The job's output passed its validation.
     pub valid: bool,
+    /// What failed validation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     /// Job-specific figures.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One stage's timing.
+/// One stage's timing, in seconds since the job started.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StageReport {
     pub name: String,
     pub tasks: u32,
+    /// From its first task's start to its last task's end.
     pub seconds: f64,
+    pub started: Option<f64>,
+    /// When one of its tasks first reported input records (for a reduce
+    /// stage: shuffle data received).
+    pub first_input: Option<f64>,
+    pub finished: Option<f64>,
 }

@@ -62,7 +62,7 @@ where
     let report = StageReport {
         name: stage.to_string(),
         tasks: count,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(), started: None, first_input: None, finished: None,
     };
     Ok((out?, report))
 }

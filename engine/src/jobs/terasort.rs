@@ -315,7 +315,7 @@ pub async fn run<C: ShuffleClient>(
         partitions: config.partitions,
         parallelism: ctx.policy.parallelism,
         valid,
-        extra,
+        extra, ..Default::default()
     })
 }
 

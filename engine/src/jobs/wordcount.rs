@@ -298,7 +298,7 @@ pub async fn run<C: ShuffleClient>(
         // Every counted word arrived exactly once, at the partition its
         // hash names.
         valid: words_in == words_out && misplaced == 0,
-        extra,
+        extra, ..Default::default()
     })
 }
 

@@ -1,0 +1,310 @@
+//! Running a job: a coordinator that schedules tasks by shuffle mode, and
+//! the worker processes that run them.
+//!
+//! * [`run_job`]: the coordinator's entry (the `engine run` command).
+//! * [`worker::run_worker`]: a worker process (`engine worker`).
+//! * `scheduler.rs`: per-mode scheduling and failure recovery;
+//!   `executor.rs`: in-process or remote execution; `pool.rs`: worker
+//!   processes; `wire.rs`: the coordinator–worker protocol.
+
+mod executor;
+mod pool;
+mod scheduler;
+pub mod service;
+pub mod slow;
+pub mod wire;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shuffle_client::protocol::{AppId, ShuffleMode};
+use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
+use tokio::sync::mpsc;
+
+pub use self::pool::WorkerSource;
+pub use self::scheduler::SchedulePolicy;
+use self::executor::{LocalExecutor, RemoteExecutor};
+use self::scheduler::{ScheduleOutcome, Scheduler, WorkerSlots};
+use self::slow::SlowReads;
+use self::wire::{CoordinatorMsg, ServiceSpec};
+use crate::plan::{Job, JobSpec, Registry};
+use crate::progress::Progress;
+use crate::report::{JobReport, StageReport};
+use crate::EngineError;
+
+/// Where the shuffle service is.
+#[derive(Clone, Debug)]
+pub enum ServiceChoice {
+    /// Hosted by this process: the store directly when tasks run in
+    /// process, a loopback server when they run on workers.
+    Embedded {
+        /// Data folder; a temporary one (deleted at the end) when `None`.
+        data_dir: Option<PathBuf>,
+        /// Bytes of shuffle data held in memory (streaming modes).
+        memory_budget: u64,
+        /// Hybrid-selective: a block not read within this long spills.
+        spill_after: Duration,
+    },
+    /// Shuffle servers.
+    Servers(ServiceSpec),
+}
+
+/// Where tasks run.
+#[derive(Clone, Debug)]
+pub enum Executors {
+    /// As tasks of this process, at most `slots` at once.
+    InProcess { slots: u32 },
+    /// On worker processes.
+    Workers {
+        source: WorkerSource,
+        /// Address the coordinator listens on for its workers.
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Everything [`run_job`] needs besides the job.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub mode: ShuffleMode,
+    pub executors: Executors,
+    pub service: ServiceChoice,
+    /// Attempts per task (and runs per region), the first included.
+    pub max_attempts: u32,
+    pub writer_options: WriterOptions,
+    pub progress: Progress,
+    /// How often workers report progress and bars redraw.
+    pub progress_every: Duration,
+    /// Every shuffle reader waits this long before each block (a
+    /// deliberately slow consumer; zero in normal runs).
+    pub read_delay: Duration,
+}
+
+/// Builds the job of `spec`, runs it, validates its output and releases
+/// its shuffles.
+pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> Result<JobReport, EngineError> {
+    if config.max_attempts == 0 {
+        return Err(EngineError::InvalidArgument {
+            what: "max_attempts",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let job = Arc::new(registry.build(&spec)?);
+    let app = AppId::new(format!(
+        "engine-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    ))
+    .map_err(|e| EngineError::InvalidArgument {
+        what: "app id",
+        reason: e.to_string(),
+    })?;
+    let temp;
+    let data_dir = match &config.service {
+        ServiceChoice::Embedded { data_dir: Some(d), .. } => d.clone(),
+        _ => {
+            temp = tempfile::Builder::new()
+                .prefix("rss-engine-")
+                .tempdir()
+                .map_err(EngineError::io("create temporary folder", std::env::temp_dir()))?;
+            temp.path().to_path_buf()
+        }
+    };
+    match (&config.service, &config.executors) {
+        (ServiceChoice::Embedded { memory_budget, .. }, Executors::InProcess { slots }) => {
+            let client = Arc::new(SlowReads::new(embedded_store(data_dir, *memory_budget)?, config.read_delay));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
+            let workers = vec![WorkerSlots::new((*slots).max(1))];
+            drive(&job, client, app, config, exec, rx, workers, "embedded".into(), 0.0).await
+        }
+        (ServiceChoice::Embedded { memory_budget, .. }, Executors::Workers { .. }) => {
+            let served = ServedShuffle::start(vec![data_dir], *memory_budget).await?;
+            let spec_ = ServiceSpec {
+                urls: vec![served.tcp_url()],
+                quic_pins: Vec::new(),
+                quic_ca: None,
+            };
+            let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
+            if let Err(e) = served.shutdown().await {
+                config.progress.say(format!("stopping the embedded shuffle server: {e}"));
+            }
+            result
+        }
+        (ServiceChoice::Servers(service), Executors::InProcess { slots }) => {
+            let client = Arc::new(SlowReads::new(service::connect_remote(service).await?, config.read_delay));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
+            let workers = vec![WorkerSlots::new((*slots).max(1))];
+            let label = service.urls.join(",");
+            drive(&job, client, app, config, exec, rx, workers, label, 0.0).await
+        }
+        (ServiceChoice::Servers(service), Executors::Workers { .. }) => {
+            let label = service.urls.join(",");
+            on_workers(&job, spec, service.clone(), app, config, label).await
+        }
+    }
+}
+
+fn embedded_store(data_dir: PathBuf, memory_budget: u64) -> Result<EmbeddedShuffle, EngineError> {
+    let store = shuffle_server::storage::StoreConfig::new(vec![data_dir]); let _ = memory_budget;
+
+    Ok(EmbeddedShuffle::with_config(store)?)
+}
+
+async fn on_workers(
+    job: &Arc<Job>,
+    spec: JobSpec,
+    service: ServiceSpec,
+    app: AppId,
+    config: &RunConfig,
+    label: String,
+) -> Result<JobReport, EngineError> {
+    let Executors::Workers { source, listen } = &config.executors else {
+        return Err(EngineError::Workers {
+            reason: "no workers configured".into(),
+        });
+    };
+    let started = Instant::now();
+    let client = Arc::new(service::connect_remote(&service).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(EngineError::io("listen for workers on", listen.to_string()))?;
+    let setup = CoordinatorMsg::Setup {
+        job: spec,
+        service,
+        writer: config.writer_options.into(),
+        progress_every: config.progress_every,
+        read_delay: config.read_delay,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress = config.progress.clone();
+    let say = move |m: String| progress.say(m);
+    let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
+    let workers = pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect();
+    let exec = RemoteExecutor {
+        workers: pool.senders.clone(),
+    };
+    let startup = started.elapsed().as_secs_f64();
+    let result = drive(job, client, app, config, exec, rx, workers, label, startup).await;
+    pool.shutdown().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive<C: ShuffleClient, E: executor::Executor>(
+    job: &Job,
+    client: Arc<C>,
+    app: AppId,
+    config: &RunConfig,
+    exec: E,
+    events: mpsc::UnboundedReceiver<executor::Event>,
+    workers: Vec<WorkerSlots>,
+    label: String,
+    startup_seconds: f64,
+) -> Result<JobReport, EngineError> {
+    let worker_count = match config.executors {
+        Executors::InProcess { .. } => 0,
+        Executors::Workers { .. } => workers.len() as u32,
+    };
+    let slots = workers.iter().map(|w| w.slots).sum();
+    let policy = SchedulePolicy {
+        mode: config.mode,
+        max_attempts: config.max_attempts,
+        tick: config.progress_every,
+    };
+    let started = Instant::now();
+    let scheduler = Scheduler::new(
+        job,
+        &*client,
+        app.clone(),
+        policy,
+        exec,
+        events,
+        workers,
+        &config.progress,
+    );
+    let outcome = scheduler.run().await;
+    let report = match outcome {
+        Ok(outcome) => {
+            let spilled = stored_bytes(&*client, &outcome).await;
+            let result = job.finish(&outcome.outputs);
+            result.map(|result| {
+                let mut report = report_of(job, config.mode, &outcome, result);
+                report.spilled_bytes = spilled;
+                report
+            })
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = client.unregister_app(&app).await {
+        config
+            .progress
+            .say(format!("warning: releasing the app on the shuffle service failed: {e}"));
+    }
+    let mut report = report?;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    report.startup_seconds = startup_seconds;
+    report.shuffle = label;
+    report.workers = worker_count;
+    report.slots = slots;
+    Ok(report)
+}
+
+async fn stored_bytes<C: ShuffleClient>(client: &C, outcome: &ScheduleOutcome) -> u64 {
+    let mut total = 0;
+    for h in &outcome.handles {
+        if let Ok(s) = client.shuffle_status(h).await {
+            total += s.stored_bytes;
+        }
+    }
+    total
+}
+
+fn report_of(job: &Job, mode: ShuffleMode, outcome: &ScheduleOutcome, result: crate::plan::JobResult) -> JobReport {
+    let all = outcome.outputs.iter().flatten();
+    let sources: u64 = job
+        .stages()
+        .iter()
+        .zip(&outcome.outputs)
+        .filter(|(s, _)| s.inputs.is_empty())
+        .flat_map(|(_, o)| o.iter().map(|t| t.records_in))
+        .sum();
+    let stages = job
+        .stages()
+        .iter()
+        .zip(&outcome.timings)
+        .map(|(s, t)| StageReport {
+            name: s.name.clone(),
+            tasks: s.tasks,
+            seconds: match (t.started, t.finished) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            },
+            started: t.started,
+            first_input: t.first_input,
+            finished: t.finished,
+        })
+        .collect();
+    let edges = job.edges();
+    JobReport {
+        job: job.name().to_string(),
+        mode: mode.name().to_string(),
+        records_in: sources,
+        records_out: result.records_out,
+        shuffle_bytes_written: all.clone().map(|t| t.bytes_written).sum(),
+        shuffle_bytes_read: all.map(|t| t.bytes_read).sum(),
+        stages,
+        retries: outcome.retries,
+        region_restarts: outcome.region_restarts,
+        maps: edges.first().map_or(0, |e| job.stages()[e.from.0 as usize].tasks),
+        partitions: edges.last().map_or(0, |e| e.partitions),
+        valid: result.valid,
+        problems: result.problems,
+        extra: result.extra,
+        ..JobReport::default()
+    }
+}

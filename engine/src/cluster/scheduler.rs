@@ -1,0 +1,537 @@
+//! The scheduler: runs a job's tasks on an [`Executor`] according to the
+//! shuffle mode, and recovers from failures.
+//!
+//! * blocking: a stage starts once every stage it reads from has finished;
+//!   a failed task runs again alone (its inputs are on the shuffle service).
+//! * pipelined: every task of the region runs at once (checked up front:
+//!   too few slots is an error, never a hang); any failure restarts the
+//!   whole region on fresh shuffles, since consumed data is gone.
+//! * hybrid: producers first; a consumer starts as soon as a slot is free
+//!   and every producer it reads from has started. In hybrid-full a failed
+//!   task runs again alone (everything is on disk); in hybrid-selective the
+//!   region restarts, since blocks consumed from memory are gone.
+//!
+//! The whole job is one region: the built-in jobs are connected graphs,
+//! and the mode is chosen per job.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec, SpillStrategy};
+use shuffle_client::{ShuffleClient, ShuffleHandle};
+use tokio::sync::mpsc;
+
+use super::executor::{Event, Executor};
+use super::wire::{Counts, FailureClass, TaskFailure, TaskKey};
+use crate::plan::{Job, StageId, TaskOutput};
+use crate::progress::{Progress, StageProgress};
+use crate::EngineError;
+
+/// How the scheduler behaves.
+#[derive(Clone, Debug)]
+pub struct SchedulePolicy {
+    pub mode: ShuffleMode,
+    /// Attempts per task (and runs per region), the first included.
+    pub max_attempts: u32,
+    /// How often progress is redrawn.
+    pub tick: Duration,
+}
+
+/// A worker as the scheduler sees it.
+#[derive(Debug)]
+pub(crate) struct WorkerSlots {
+    pub slots: u32,
+    pub alive: bool,
+    pub running: BTreeSet<TaskKey>,
+}
+
+impl WorkerSlots {
+    pub(crate) fn new(slots: u32) -> Self {
+        WorkerSlots {
+            slots,
+            alive: true,
+            running: BTreeSet::new(),
+        }
+    }
+
+    fn free(&self) -> u32 {
+        if self.alive {
+            self.slots.saturating_sub(self.running.len() as u32)
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug)]
+enum TaskState {
+    Pending,
+    Running { worker: usize, key: TaskKey },
+    Done(TaskOutput),
+}
+
+#[derive(Debug)]
+struct Task {
+    state: TaskState,
+    failures: u32,
+    counts: Counts,
+}
+
+/// Timing of one stage, in seconds since the job started.
+#[derive(Clone, Debug, Default)]
+pub struct StageTiming {
+    pub started: Option<f64>,
+    /// When a task of the stage first reported input records.
+    pub first_input: Option<f64>,
+    pub finished: Option<f64>,
+}
+
+/// What the scheduler did.
+#[derive(Debug)]
+pub struct ScheduleOutcome {
+    /// Outputs by stage, then task.
+    pub outputs: Vec<Vec<TaskOutput>>,
+    pub timings: Vec<StageTiming>,
+    /// Task attempts that failed and ran again.
+    pub retries: u32,
+    pub region_restarts: u32,
+    /// The shuffles the job finally used, one per edge.
+    pub handles: Vec<ShuffleHandle>,
+}
+
+pub(crate) struct Scheduler<'a, C, E> {
+    job: &'a Job,
+    client: &'a C,
+    app: AppId,
+    policy: SchedulePolicy,
+    exec: E,
+    events: mpsc::UnboundedReceiver<Event>,
+    workers: Vec<WorkerSlots>,
+    tasks: Vec<Vec<Task>>,
+    handles: Vec<ShuffleHandle>,
+    next_shuffle: u32,
+    next_attempt: u32,
+    retries: u32,
+    region_restarts: u32,
+    started: Instant,
+    timings: Vec<StageTiming>,
+    bars: Vec<std::sync::Arc<StageProgress>>,
+}
+
+impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        job: &'a Job,
+        client: &'a C,
+        app: AppId,
+        policy: SchedulePolicy,
+        exec: E,
+        events: mpsc::UnboundedReceiver<Event>,
+        workers: Vec<WorkerSlots>,
+        progress: &Progress,
+    ) -> Self {
+        let tasks = job
+            .stages()
+            .iter()
+            .map(|s| {
+                (0..s.tasks)
+                    .map(|_| Task {
+                        state: TaskState::Pending,
+                        failures: 0,
+                        counts: Counts::default(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let bars = job
+            .stages()
+            .iter()
+            .map(|s| progress.stage(&s.name, u64::from(s.tasks)))
+            .collect();
+        Scheduler {
+            job,
+            client,
+            app,
+            policy,
+            exec,
+            events,
+            workers,
+            tasks,
+            handles: Vec::new(),
+            next_shuffle: 0,
+            next_attempt: 0,
+            retries: 0,
+            region_restarts: 0,
+            started: Instant::now(),
+            timings: vec![StageTiming::default(); job.stages().len()],
+            bars,
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Runs the job to the end.
+    pub(crate) async fn run(mut self) -> Result<ScheduleOutcome, EngineError> {
+        self.check_slots()?;
+        self.register_shuffles().await?;
+        let mut tick = tokio::time::interval(self.policy.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            if self.all_done() {
+                break Ok(());
+            }
+            self.launch_ready();
+            if self.running_count() == 0 && !self.any_launchable() {
+                break Err(EngineError::Workers {
+                    reason: "no worker left to run the remaining tasks".into(),
+                });
+            }
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                _ = tick.tick() => {
+                    for (key, counts) in self.exec.poll_progress() {
+                        self.on_progress(key, counts);
+                    }
+                    self.redraw();
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                break Err(EngineError::Workers {
+                    reason: "every executor went away".into(),
+                });
+            };
+            if let Err(e) = self.on_event(event).await {
+                break Err(e);
+            }
+        };
+        if let Err(e) = result {
+            self.cancel_all();
+            return Err(e);
+        }
+        for bar in &self.bars {
+            bar.finish();
+        }
+        let outputs = self
+            .tasks
+            .into_iter()
+            .map(|stage| {
+                stage
+                    .into_iter()
+                    .map(|t| match t.state {
+                        TaskState::Done(o) => o,
+                        _ => TaskOutput::default(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ScheduleOutcome {
+            outputs,
+            timings: self.timings,
+            retries: self.retries,
+            region_restarts: self.region_restarts,
+            handles: self.handles,
+        })
+    }
+
+    fn total_tasks(&self) -> u32 {
+        self.job.stages().iter().map(|s| s.tasks).sum()
+    }
+
+    fn live_slots(&self) -> u32 {
+        self.workers.iter().filter(|w| w.alive).map(|w| w.slots).sum()
+    }
+
+    /// Pipelined runs a region's tasks all at once: refuse early rather
+    /// than deadlock with producers waiting for consumers that never start.
+    fn check_slots(&self) -> Result<(), EngineError> {
+        if self.policy.mode == ShuffleMode::Pipelined && self.total_tasks() > self.live_slots() {
+            return Err(EngineError::NotEnoughSlots {
+                mode: self.policy.mode,
+                needed: self.total_tasks(),
+                available: self.live_slots(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn register_shuffles(&mut self) -> Result<(), EngineError> {
+        let mut handles = Vec::with_capacity(self.job.edges().len());
+        for edge in self.job.edges() {
+            let maps = self.job.stages()[edge.from.0 as usize].tasks;
+            let spec = ShuffleSpec::new(maps, edge.partitions, self.policy.mode).map_err(|e| {
+                EngineError::InvalidArgument {
+                    what: "shuffle shape",
+                    reason: e.to_string(),
+                }
+            })?;
+            let id = ShuffleId(self.next_shuffle);
+            self.next_shuffle += 1;
+            handles.push(self.client.register_shuffle(&self.app, id, spec).await?);
+        }
+        self.handles = handles;
+        Ok(())
+    }
+
+    fn all_done(&self) -> bool {
+        self.tasks
+            .iter()
+            .flatten()
+            .all(|t| matches!(t.state, TaskState::Done(_)))
+    }
+
+    fn running_count(&self) -> usize {
+        self.workers.iter().map(|w| w.running.len()).sum()
+    }
+
+    fn stage_all(&self, stage: StageId, pred: impl Fn(&TaskState) -> bool) -> bool {
+        self.tasks[stage.0 as usize].iter().all(|t| pred(&t.state))
+    }
+
+    /// Whether the tasks of `stage` may start now, by mode.
+    fn launchable(&self, stage: usize) -> bool {
+        let producers = self.job.stages()[stage]
+            .inputs
+            .iter()
+            .map(|&e| self.job.edges()[e].from);
+        match self.policy.mode {
+            ShuffleMode::Blocking => {
+                let mut p = producers;
+                p.all(|s| self.stage_all(s, |t| matches!(t, TaskState::Done(_))))
+            }
+            ShuffleMode::Pipelined => true,
+            ShuffleMode::Hybrid(_) => {
+                let mut p = producers;
+                p.all(|s| self.stage_all(s, |t| !matches!(t, TaskState::Pending)))
+            }
+        }
+    }
+
+    fn any_launchable(&self) -> bool {
+        (0..self.tasks.len()).any(|s| {
+            self.launchable(s)
+                && self.tasks[s]
+                    .iter()
+                    .any(|t| matches!(t.state, TaskState::Pending))
+        }) && self.workers.iter().any(|w| w.alive)
+    }
+
+    /// Starts pending tasks on free slots, stages in topological order, so
+    /// producers get slots before their consumers.
+    fn launch_ready(&mut self) {
+        for stage in 0..self.tasks.len() {
+            if !self.launchable(stage) {
+                continue;
+            }
+            for task in 0..self.tasks[stage].len() {
+                if !matches!(self.tasks[stage][task].state, TaskState::Pending) {
+                    continue;
+                }
+                // The worker with the most free slots: spreads the load.
+                let Some(worker) = (0..self.workers.len())
+                    .filter(|&w| self.workers[w].free() > 0)
+                    .max_by_key(|&w| (self.workers[w].free(), std::cmp::Reverse(w)))
+                else {
+                    return;
+                };
+                let key = TaskKey {
+                    stage: StageId(stage as u32),
+                    task: task as u32,
+                    attempt: self.next_attempt,
+                };
+                self.next_attempt += 1;
+                self.workers[worker].running.insert(key);
+                self.tasks[stage][task].state = TaskState::Running { worker, key };
+                self.tasks[stage][task].counts = Counts::default();
+                if self.timings[stage].started.is_none() {
+                    self.timings[stage].started = Some(self.now());
+                }
+                self.exec.launch(worker, key, &self.handles);
+            }
+        }
+    }
+
+    fn task_mut(&mut self, key: TaskKey) -> Option<&mut Task> {
+        self.tasks
+            .get_mut(key.stage.0 as usize)?
+            .get_mut(key.task as usize)
+            .filter(|t| matches!(t.state, TaskState::Running { key: k, .. } if k == key))
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), EngineError> {
+        match event {
+            Event::Progress { key, counts } => self.on_progress(key, counts),
+            Event::Finished { key, output } => {
+                let now = self.now();
+                let Some(task) = self.task_mut(key) else {
+                    return Ok(()); // a cancelled attempt
+                };
+                let TaskState::Running { worker, .. } = task.state else {
+                    return Ok(());
+                };
+                task.counts = Counts {
+                    records_in: output.records_in,
+                    records_out: output.records_out,
+                    bytes_read: output.bytes_read,
+                    bytes_written: output.bytes_written,
+                };
+                task.state = TaskState::Done(output);
+                self.workers[worker].running.remove(&key);
+                let stage = key.stage.0 as usize;
+                self.bars[stage].task_done();
+                if self.stage_all(key.stage, |t| matches!(t, TaskState::Done(_))) {
+                    self.timings[stage].finished = Some(now);
+                }
+            }
+            Event::Failed { key, failure } => self.on_failure(key, failure).await?,
+            Event::WorkerLost { worker, reason } => {
+                let Some(w) = self.workers.get_mut(worker) else {
+                    return Ok(());
+                };
+                if !w.alive {
+                    return Ok(());
+                }
+                w.alive = false;
+                let lost: Vec<TaskKey> = w.running.iter().copied().collect();
+                self.bars[0].note(format!(
+                    "worker {worker} lost ({reason}); {} running task(s) will run again",
+                    lost.len()
+                ));
+                for key in lost {
+                    let failure = TaskFailure {
+                        class: FailureClass::Transient,
+                        message: format!("worker {worker} lost: {reason}"),
+                    };
+                    self.on_failure(key, failure).await?;
+                }
+                self.check_slots()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_progress(&mut self, key: TaskKey, counts: Counts) {
+        let now = self.now();
+        let Some(task) = self.task_mut(key) else {
+            return;
+        };
+        task.counts = counts;
+        let timing = &mut self.timings[key.stage.0 as usize];
+        if counts.records_in > 0 && timing.first_input.is_none() {
+            timing.first_input = Some(now);
+        }
+    }
+
+    async fn on_failure(&mut self, key: TaskKey, failure: TaskFailure) -> Result<(), EngineError> {
+        let Some(task) = self.task_mut(key) else {
+            return Ok(()); // a cancelled attempt
+        };
+        let TaskState::Running { worker, .. } = task.state else {
+            return Ok(());
+        };
+        task.state = TaskState::Pending;
+        task.failures += 1;
+        let failures = task.failures;
+        self.workers[worker].running.remove(&key);
+        let stage_name = self.job.stages()[key.stage.0 as usize].name.clone();
+        let source = || {
+            Box::new(EngineError::Remote {
+                class: failure.class,
+                message: failure.message.clone(),
+            })
+        };
+        if failure.class == FailureClass::Permanent {
+            return Err(EngineError::JobTaskFailed {
+                stage: stage_name,
+                task: key.task,
+                attempts: failures,
+                source: source(),
+            });
+        }
+        let region_wide = failure.class == FailureClass::InputGone
+            || matches!(
+                self.policy.mode,
+                ShuffleMode::Pipelined | ShuffleMode::Hybrid(SpillStrategy::Selective)
+            );
+        let limit = self.policy.max_attempts.max(1);
+        if region_wide {
+            self.region_restarts += 1;
+            if self.region_restarts >= limit {
+                return Err(EngineError::TooManyRestarts {
+                    restarts: self.region_restarts,
+                    limit: limit - 1,
+                    last: format!("{stage_name} task {}: {}", key.task, failure.message),
+                });
+            }
+            self.bars[key.stage.0 as usize].note(format!(
+                "{stage_name} task {} failed ({}); restarting the region",
+                key.task, failure.message
+            ));
+            return self.restart_region().await;
+        }
+        if failures >= limit {
+            return Err(EngineError::JobTaskFailed {
+                stage: stage_name,
+                task: key.task,
+                attempts: failures,
+                source: source(),
+            });
+        }
+        self.retries += 1;
+        self.bars[key.stage.0 as usize].note(format!(
+            "{stage_name} task {} attempt {} failed, running it again: {}",
+            key.task, key.attempt, failure.message
+        ));
+        Ok(())
+    }
+
+    fn cancel_all(&mut self) {
+        for (w, worker) in self.workers.iter_mut().enumerate() {
+            for key in std::mem::take(&mut worker.running) {
+                self.exec.cancel(w, key);
+            }
+        }
+    }
+
+    /// Stops every task, replaces the region's shuffles with fresh ones and
+    /// runs every task again (finished ones too: what they produced was
+    /// consumed, or may have been).
+    async fn restart_region(&mut self) -> Result<(), EngineError> {
+        self.cancel_all();
+        for handle in std::mem::take(&mut self.handles) {
+            if let Err(e) = self.client.unregister_shuffle(&handle).await {
+                tracing_note(&self.bars, format!("releasing shuffle {}: {e}", handle.shuffle()));
+            }
+        }
+        self.register_shuffles().await?;
+        for (s, stage) in self.tasks.iter_mut().enumerate() {
+            for task in stage.iter_mut() {
+                task.state = TaskState::Pending;
+                task.counts = Counts::default();
+            }
+            self.bars[s].reset();
+        }
+        Ok(())
+    }
+
+    fn redraw(&self) {
+        for (s, stage) in self.tasks.iter().enumerate() {
+            let running = stage
+                .iter()
+                .filter(|t| matches!(t.state, TaskState::Running { .. }))
+                .count();
+            let (read, written) = stage.iter().fold((0, 0), |(r, w), t| {
+                (r + t.counts.bytes_read, w + t.counts.bytes_written)
+            });
+            self.bars[s].figures(running as u64, read, written);
+        }
+    }
+}
+
+fn tracing_note(bars: &[std::sync::Arc<StageProgress>], msg: String) {
+    if let Some(bar) = bars.first() {
+        bar.note(msg);
+    }
+}
