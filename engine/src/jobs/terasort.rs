@@ -13,8 +13,11 @@ use shuffle_client::protocol::{MapId, PartitionId, ShuffleId};
 use shuffle_client::{ShuffleClient, ShuffleWriter, WriteStats};
 
 use super::{read_partition, register, timed_stage, JobContext};
+
+mod plan;
 use crate::report::JobReport;
 use crate::EngineError;
+pub use plan::{build, job, TerasortParams};
 
 /// Bytes per record.
 pub const RECORD_LEN: usize = 100;
@@ -107,6 +110,17 @@ impl RangePartitioner {
         RangePartitioner { bounds }
     }
 
+    /// As a dataflow partitioner (same split points).
+    pub fn to_partitioner(&self) -> crate::dataflow::Partitioner {
+        crate::dataflow::Partitioner::Range {
+            bounds: self
+                .bounds
+                .iter()
+                .map(|b| b.to_vec().into_boxed_slice())
+                .collect(),
+        }
+    }
+
     /// The partition of a key: the number of split points at or below it.
     pub fn partition(&self, key: &[u8]) -> PartitionId {
         PartitionId(self.bounds.partition_point(|b| b.as_slice() <= key) as u32)
@@ -191,7 +205,9 @@ fn sort_and_check(data: &[u8]) -> SortedPartition {
     out
 }
 
-/// Runs TeraSort through `ctx.client` and validates the result.
+/// Runs TeraSort through `ctx.client` and validates the result (the older
+/// entry point; replaced by the plan, [`build`]).
+#[doc(hidden)]
 pub async fn run<C: ShuffleClient>(
     ctx: &JobContext<C>,
     config: TerasortConfig,

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,8 +25,12 @@ use shuffle_client::protocol::{MapId, PartitionId, ShuffleId};
 use shuffle_client::{ShuffleClient, ShuffleWriter, WriteStats};
 
 use super::{read_partition, register, timed_stage, JobContext};
+use crate::dataflow::source::{plan_splits, read_split};
+
+mod plan;
 use crate::report::JobReport;
 use crate::{kv, EngineError};
+pub use plan::{build, count_in_memory, job, WordcountParams};
 
 /// What to count.
 #[derive(Clone, Debug)]
@@ -56,95 +60,9 @@ pub fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
     }
 }
 
-/// Stable across processes and platforms, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// The partition a word goes to.
 pub fn partition_of(word: &[u8], partitions: u32) -> PartitionId {
-    PartitionId((fnv1a(word) % u64::from(partitions)) as u32)
-}
-
-/// A byte range of one input file; lines starting inside it belong to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Split {
-    path: PathBuf,
-    start: u64,
-    end: u64,
-}
-
-fn plan_splits(inputs: &[PathBuf], split_size: u64) -> Result<Vec<Split>, EngineError> {
-    let mut splits = Vec::new();
-    for path in inputs {
-        let meta = std::fs::metadata(path).map_err(EngineError::io("read", path))?;
-        if !meta.is_file() {
-            return Err(EngineError::InvalidArgument {
-                what: "input",
-                reason: format!("{} is not a file", path.display()),
-            });
-        }
-        let len = meta.len();
-        let step = split_size.max(1);
-        let mut start = 0;
-        loop {
-            let end = (start + step).min(len);
-            splits.push(Split {
-                path: path.clone(),
-                start,
-                end,
-            });
-            if end >= len {
-                break;
-            }
-            start = end;
-        }
-    }
-    Ok(splits)
-}
-
-/// Reads the lines that start inside `split`: a line that begins before it
-/// belongs to the previous split, which reads past its end to finish it.
-fn read_split(split: &Split) -> Result<Vec<u8>, EngineError> {
-    let io = |op| EngineError::io(op, &split.path);
-    let mut file = File::open(&split.path).map_err(io("open"))?;
-    let begin = split.start.saturating_sub(1);
-    file.seek(SeekFrom::Start(begin)).map_err(io("seek"))?;
-    let mut buf = Vec::with_capacity((split.end - begin) as usize + 256);
-    (&mut file)
-        .take(split.end - begin)
-        .read_to_end(&mut buf)
-        .map_err(io("read"))?;
-    // Finish the last line.
-    if buf.last().is_some_and(|b| *b != b'\n') {
-        let mut byte = [0u8; 4096];
-        'extend: loop {
-            let n = file.read(&mut byte).map_err(io("read"))?;
-            if n == 0 {
-                break;
-            }
-            for (i, b) in byte[..n].iter().enumerate() {
-                if *b == b'\n' {
-                    buf.extend_from_slice(&byte[..=i]);
-                    break 'extend;
-                }
-            }
-            buf.extend_from_slice(&byte[..n]);
-        }
-    }
-    // Skip the line that started in the previous split (at `begin`, the
-    // byte before our start, is either its newline or part of it).
-    if split.start > 0 {
-        match buf.iter().position(|b| *b == b'\n') {
-            Some(nl) => {
-                buf.drain(..=nl);
-            }
-            None => buf.clear(),
-        }
-    }
-    Ok(buf)
+    PartitionId(crate::dataflow::wide::hash_partition(word, partitions))
 }
 
 struct MapOutput {
@@ -160,7 +78,9 @@ struct ReduceOutput {
     fetched_bytes: u64,
 }
 
-/// Runs WordCount through `ctx.client`.
+/// Runs WordCount through `ctx.client` (the older entry point; replaced by
+/// the plan, [`build`]).
+#[doc(hidden)]
 pub async fn run<C: ShuffleClient>(
     ctx: &JobContext<C>,
     config: WordcountConfig,
@@ -328,29 +248,5 @@ mod tests {
         assert_eq!(words("  ÉCOLE école\tStraße "), ["école", "école", "straße"]);
         assert_eq!(words("a\u{FFFD}b…c"), ["a", "b", "c"]);
         assert!(words(" \n--\n").is_empty());
-    }
-
-    #[test]
-    fn splits_cover_every_line_exactly_once() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let path = tmp.path().join("in.txt");
-        let text: String = (0..200)
-            .map(|i| format!("line{i} {}\n", "x".repeat(i % 17)))
-            .collect();
-        std::fs::write(&path, &text).expect("write");
-        for split_size in [1, 7, 64, 1000, 100_000] {
-            let splits = plan_splits(std::slice::from_ref(&path), split_size).expect("plan");
-            let joined: Vec<u8> = splits.iter().flat_map(|s| read_split(s).expect("read")).collect();
-            assert_eq!(
-                String::from_utf8(joined).expect("utf8"),
-                text,
-                "split size {split_size}"
-            );
-        }
-        // A file without a final newline.
-        std::fs::write(&path, "a b\nc d").expect("write");
-        let splits = plan_splits(std::slice::from_ref(&path), 3).expect("plan");
-        let joined: Vec<u8> = splits.iter().flat_map(|s| read_split(s).expect("read")).collect();
-        assert_eq!(joined, b"a b\nc d");
     }
 }
