@@ -159,7 +159,14 @@ impl JobBuilder {
     /// splits at line boundaries: `maps` tasks' worth of bytes each, or
     /// 32 MiB without it (at least one split per file).
     pub fn text_files(&mut self, inputs: Vec<PathBuf>, maps: Option<u32>) -> Stream {
-        let source = TextFiles::new(&inputs, maps).map(|s| Arc::new(s) as Arc<dyn Source>);
+        let source = TextFiles::new(&inputs, maps, 32 << 20).map(|s| Arc::new(s) as Arc<dyn Source>);
+        self.stream("read", source)
+    }
+
+    /// The lines of text files, cut into splits of about `split_size`
+    /// bytes at line boundaries (at least one split per file).
+    pub fn text_files_sized(&mut self, inputs: Vec<PathBuf>, split_size: u64) -> Stream {
+        let source = TextFiles::new(&inputs, None, split_size).map(|s| Arc::new(s) as Arc<dyn Source>);
         self.stream("read", source)
     }
 

@@ -185,8 +185,9 @@ pub(crate) struct TextFiles {
 }
 
 impl TextFiles {
-    /// Plans the splits: `maps` tasks' worth of bytes each, or 32 MiB.
-    pub(crate) fn new(inputs: &[PathBuf], maps: Option<u32>) -> Result<Self, EngineError> {
+    /// Plans the splits: `maps` tasks' worth of bytes each, or
+    /// `split_size` bytes without `maps`.
+    pub(crate) fn new(inputs: &[PathBuf], maps: Option<u32>, split_size: u64) -> Result<Self, EngineError> {
         if inputs.is_empty() {
             return Err(EngineError::InvalidArgument {
                 what: "inputs",
@@ -207,7 +208,7 @@ impl TextFiles {
                 })
             }
             Some(m) => total.div_ceil(u64::from(m)).max(1),
-            None => 32 << 20,
+            None => split_size.max(1),
         };
         Ok(TextFiles {
             splits: plan_splits(inputs, split_size)?,
@@ -307,12 +308,12 @@ mod tests {
             );
         }
         std::fs::write(&path, "a b\r\nc d").expect("write");
-        let src = TextFiles::new(std::slice::from_ref(&path), Some(3)).expect("plan");
+        let src = TextFiles::new(std::slice::from_ref(&path), Some(3), 1).expect("plan");
         let lines: Vec<Vec<u8>> = (0..src.tasks())
             .flat_map(|t| drain(src.open(t).expect("open")))
             .collect();
         assert_eq!(lines, vec![b"a b".to_vec(), b"c d".to_vec()]);
-        assert!(TextFiles::new(&[], None).is_err());
-        assert!(TextFiles::new(&[tmp.path().join("missing")], None).is_err());
+        assert!(TextFiles::new(&[], None, 1).is_err());
+        assert!(TextFiles::new(&[tmp.path().join("missing")], None, 1).is_err());
     }
 }

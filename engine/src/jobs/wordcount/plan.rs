@@ -26,9 +26,13 @@ pub struct WordcountParams {
     /// Input text files (at least one).
     pub inputs: Vec<PathBuf>,
     /// Map tasks: the input is cut at line boundaries into about this many
-    /// splits (at least one per file). Default: one split per 32 MiB of
-    /// each file.
+    /// splits (at least one per file). Overrides `split_size`.
     pub maps: Option<u32>,
+    /// Bytes per map task (an integer or a string like `"32MiB"`) when
+    /// `maps` is not given: each file is cut into splits of this size, at
+    /// least one per file. Default 32 MiB.
+    #[serde(with = "crate::jobs::size")]
+    pub split_size: u64,
     /// Reduce partitions. Default 16.
     pub partitions: u32,
     /// Folder for the `part-NNNNN` files (`word<TAB>count`, sorted by
@@ -41,6 +45,7 @@ impl Default for WordcountParams {
         WordcountParams {
             inputs: Vec::new(),
             maps: None,
+            split_size: 32 << 20,
             partitions: 16,
             output: None,
         }
@@ -124,8 +129,11 @@ pub fn job(p: &WordcountParams) -> Result<Job, EngineError> {
         });
     }
     let mut b = JobBuilder::new("wordcount");
-    let counted = b
-        .text_files(p.inputs.clone(), p.maps)
+    let lines = match p.maps {
+        Some(maps) => b.text_files(p.inputs.clone(), Some(maps)),
+        None => b.text_files_sized(p.inputs.clone(), p.split_size),
+    };
+    let counted = lines
         .name("map")
         .flat_map(|line, out| {
             let text = String::from_utf8_lossy(line);
