@@ -26,7 +26,7 @@ use crate::EngineError;
 pub struct StageId(pub u32);
 
 /// A shuffle between two stages; `partitions` is the `to` stage's tasks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Edge {
     pub from: StageId,
     pub to: StageId,
@@ -34,7 +34,7 @@ pub struct Edge {
 }
 
 /// A stage as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageInfo {
     pub id: StageId,
     pub name: String,
@@ -68,6 +68,12 @@ impl std::fmt::Debug for Job {
             .finish_non_exhaustive()
     }
 }
+
+// A job is shared by the tasks of a worker.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Job>();
+};
 
 /// What a task needs to run.
 #[derive(Debug)]

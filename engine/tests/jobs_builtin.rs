@@ -398,3 +398,86 @@ fn specs_round_trip_and_rebuild_the_same_plan() {
     let names: Vec<&str> = registry.names().collect();
     assert_eq!(names, ["groupby", "join", "terasort", "wordcount"]);
 }
+
+/// Old engine vs plan, same process, same machine state, alternating:
+/// `cargo test --release -p engine --test jobs_builtin -- --ignored --nocapture`
+/// (`TERASORT_SIZE` overrides the 1 GiB).
+#[test]
+#[ignore = "timing; run in release"]
+fn terasort_old_engine_vs_plan_timing() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use engine::exec::StagePolicy;
+    use engine::jobs::JobContext;
+    use engine::progress::{Progress, ProgressMode};
+    use shuffle_client::protocol::{AppId, ShuffleMode};
+    use shuffle_client::{ShuffleClient, WriterOptions};
+
+    let size = std::env::var("TERASORT_SIZE")
+        .ok()
+        .map(|s| engine::units::parse_size(&s).expect("TERASORT_SIZE"))
+        .unwrap_or(1 << 30);
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(parallelism)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let params = terasort::TerasortParams {
+        size,
+        maps: 16,
+        partitions: 64,
+        seed: 0x5eed,
+    };
+    let (mut old_total, mut new_total) = (0.0, 0.0);
+    for round in 0..3 {
+        let (_tmp, client) = support::embedded();
+        let ctx = JobContext {
+            client: client.clone(),
+            app: AppId::new(format!("old-{round}")).expect("app"),
+            mode: ShuffleMode::Blocking,
+            policy: StagePolicy {
+                parallelism,
+                max_attempts: 1,
+            },
+            writer_options: WriterOptions::default(),
+            progress: Progress::new(ProgressMode::Off),
+            shuffle_label: "embedded".into(),
+        };
+        let config = terasort::TerasortConfig {
+            size_bytes: size,
+            maps: 16,
+            partitions: 64,
+            seed: 0x5eed,
+        };
+        let report = rt.block_on(terasort::run(&ctx, config)).expect("old terasort");
+        assert!(report.valid);
+        rt.block_on(client.unregister_app(&ctx.app)).expect("unregister");
+        drop(ctx);
+
+        let (_tmp2, client) = support::embedded();
+        let started = Instant::now();
+        let job = Arc::new(terasort::job(&params).expect("job"));
+        let result = rt
+            .block_on(support::run_parallel(job, client, parallelism))
+            .expect("plan terasort");
+        let new = started.elapsed().as_secs_f64();
+        assert!(result.valid, "{:?}", result.problems);
+        println!(
+            "round {round}: old {:.2}s, plan {new:.2}s (plan/old {:.3})",
+            report.wall_seconds,
+            new / report.wall_seconds
+        );
+        if round > 0 {
+            old_total += report.wall_seconds;
+            new_total += new;
+        }
+    }
+    println!(
+        "terasort {size} bytes, {parallelism} threads: old {:.2}s, plan {:.2}s, ratio {:.3} (rounds 1-2)",
+        old_total / 2.0,
+        new_total / 2.0,
+        new_total / old_total
+    );
+}

@@ -57,9 +57,15 @@ pub enum Select {
     All,
 }
 
-/// Parses a number field.
+/// Parses a number field: a finite decimal or exponent number, spaces
+/// around allowed (`NaN`, `inf` and the empty field are not numbers).
 pub fn parse_number(field: &[u8]) -> Option<f64> {
-    std::str::from_utf8(field).ok()?.trim().parse().ok()
+    std::str::from_utf8(field)
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
 }
 
 /// A streaming RFC 4180 reader over one input.
@@ -241,7 +247,11 @@ fn resolve(select: &[Select], header: &[String], path: &Path) -> Result<Vec<Reso
             Select::Column(col, ty) => {
                 let index = match col {
                     Column::Index(i) => Some(*i),
-                    Column::Name(n) => header.iter().position(|h| h == n).or_else(|| n.parse().ok()),
+                    Column::Name(n) => header
+                        .iter()
+                        .position(|h| h == n)
+                        .or_else(|| header.iter().position(|h| h.trim() == n.trim()))
+                        .or_else(|| n.parse().ok()),
                 }
                 .filter(|i| *i < header.len())
                 .ok_or_else(|| err(format!("no column {col} (header: {})", header.join(","))))?;
@@ -338,6 +348,13 @@ impl CsvCursor {
         let header: Vec<String> = (0..reader.len())
             .map(|i| String::from_utf8_lossy(reader.field(i)).into_owned())
             .collect();
+        let mut header = header;
+        if let Some(first) = header.first_mut() {
+            // A UTF-8 byte order mark is not part of the first name.
+            if let Some(rest) = first.strip_prefix('\u{feff}') {
+                *first = rest.to_string();
+            }
+        }
         let columns = resolve(&self.select, &header, &path)?;
         self.current = Some(OpenFile {
             path,
@@ -490,6 +507,13 @@ mod tests {
             vec![b"a".to_vec(), 1.5f64.to_le_bytes().to_vec(), b"x".to_vec()]
         );
         assert_eq!(got[1][1], 2f64.to_le_bytes().to_vec());
+        let bom = "\u{feff}key , v\nx,1\n";
+        let select = vec![
+            Select::Column(Column::Name("key".into()), ColumnType::Text),
+            Select::Column(Column::Name("v".into()), ColumnType::Number),
+        ];
+        let got = source_rows(bom, select).expect("BOM and spaced names");
+        assert_eq!(got[0], vec![b"x".to_vec(), 1f64.to_le_bytes().to_vec()]);
         let all = source_rows(text, vec![Select::All]).expect("reads");
         assert_eq!(all[1], vec![b"y".to_vec(), b" 2 ".to_vec(), b"b".to_vec()]);
     }
@@ -507,6 +531,16 @@ mod tests {
                 assert_eq!((column.as_str(), value.as_str()), ("v", "zz"));
             }
             other => panic!("expected NotNumeric, got {other:?}"),
+        }
+        for not_a_number in ["", "NaN", "inf", "1,5", "0x10"] {
+            let text = format!("k,v\na,\"{not_a_number}\"\n");
+            assert!(
+                matches!(
+                    source_rows(&text, number.clone()),
+                    Err(EngineError::NotNumeric { line: 2, .. })
+                ),
+                "{not_a_number:?}"
+            );
         }
         assert!(matches!(
             source_rows("k,v\na,1,2\n", number.clone()),

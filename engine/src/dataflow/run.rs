@@ -190,10 +190,23 @@ async fn join_side<R: ShuffleReader>(
     table: &Mutex<JoinTable>,
     counters: &TaskCounters,
 ) -> Result<(), EngineError> {
-    drain_reader(reader, counters, |r| {
-        table.lock().unwrap_or_else(|p| p.into_inner()).add(side, r)
-    })
-    .await
+    let mut seen = reader.stats();
+    while let Some(batch) = reader.next_batch().await? {
+        {
+            // One lock per batch, released before the next read.
+            let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+            batch.for_each_record(|r| table.add(side, r))?;
+        }
+        let now = reader.stats();
+        counters
+            .records_in
+            .fetch_add(now.records - seen.records, Ordering::Relaxed);
+        counters
+            .bytes_read
+            .fetch_add(now.fetched_bytes - seen.fetched_bytes, Ordering::Relaxed);
+        seen = now;
+    }
+    Ok(())
 }
 
 fn check<'j>(

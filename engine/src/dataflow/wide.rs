@@ -321,8 +321,13 @@ impl SortBuffer {
             let rec = &arena[e.start..e.start + e.len as usize];
             kv::decode(rec).map(|(k, _)| k).unwrap_or(rec)
         };
-        self.entries
-            .sort_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| key(a).cmp(key(b))));
+        // Unstable sort, made stable by the arrival offset as last resort.
+        self.entries.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| key(a).cmp(key(b)))
+                .then(a.start.cmp(&b.start))
+        });
         SortedCursor {
             buffer: self,
             next: 0,
