@@ -5,11 +5,11 @@
 //!   range (split keys sampled at build time, so partition `i`'s keys all
 //!   precede partition `i + 1`'s);
 //! * aggregation: [`Aggregator`] states are combined on the map side
-//!   ([`CombineTable`]) and merged on the reduce side;
+//!   (`CombineTable`) and merged on the reduce side;
 //! * sort: a reducer buffers its partition and emits it ordered by key
-//!   ([`SortBuffer`]);
+//!   (`SortBuffer`);
 //! * join: a reducer buffers both inputs' records by key and emits the
-//!   inner join ([`JoinTable`]).
+//!   inner join (`JoinTable`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
