@@ -22,6 +22,31 @@ pub enum EngineError {
     /// A record read from the shuffle does not have the job's layout.
     #[error("malformed record: {reason}")]
     MalformedRecord { reason: String },
+    /// A CSV input row is malformed (bad quoting, wrong number of fields,
+    /// missing header, unknown column).
+    #[error("{}:{line}: {reason}", path.display())]
+    Csv {
+        path: PathBuf,
+        /// 1-based line where the row starts.
+        line: u64,
+        reason: String,
+    },
+    /// A CSV field that must be a number is not.
+    #[error("{}:{line}: column {column}: {value:?} is not a number", path.display())]
+    NotNumeric {
+        path: PathBuf,
+        /// 1-based line where the row starts.
+        line: u64,
+        column: String,
+        value: String,
+    },
+    /// A job's dataflow graph is unusable (a stream without a sink, a join
+    /// of inputs with different partition counts...).
+    #[error("invalid plan: {reason}")]
+    InvalidPlan { reason: String },
+    /// No job of that name is registered.
+    #[error("unknown job {name:?} (known: {known})")]
+    UnknownJob { name: String, known: String },
     /// A task failed on its last allowed attempt.
     #[error("{stage} task {task} failed after {attempts} attempt(s): {source}")]
     TaskFailed {

@@ -1,14 +1,17 @@
 //! The bundled dataflow engine. It knows the shuffle service only through
 //! the [`shuffle_client::ShuffleClient`] trait.
 //!
-//! * [`jobs`]: the built-in jobs (terasort, wordcount) and their validation.
-//! * [`exec`]: runs the tasks of a stage with bounded parallelism and
-//!   retries failed attempts.
+//! * [`plan`]: a job as a DAG of stages joined by shuffles, the contract
+//!   with the scheduler ([`plan::Job`], [`plan::Job::run_task`]).
+//! * [`dataflow`]: the builder, sources, operators and sinks jobs are made
+//!   of.
+//! * [`jobs`]: the built-in jobs (terasort, wordcount, groupby, join), their
+//!   parameters and the [`jobs::Registry`].
 //! * [`report`]: the job report printed as JSON.
 
 pub mod cluster;
+pub mod dataflow;
 mod error;
-pub mod exec;
 pub mod jobfile;
 pub mod jobs;
 pub mod kv;

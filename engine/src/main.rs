@@ -15,7 +15,7 @@ use engine::cluster::wire::ServiceSpec;
 use engine::cluster::worker::{run_worker, WorkerOptions};
 use engine::cluster::{run_job, Executors, RunConfig, ServiceChoice, WorkerSource};
 use engine::jobfile::{size_value, JobFile};
-use engine::plan::{JobSpec, Registry};
+use engine::jobs::{JobSpec, Registry};
 use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
 use engine::units::{human_bytes, parse_duration, parse_size};

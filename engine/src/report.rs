@@ -14,7 +14,6 @@ pub struct JobReport {
     pub shuffle: String,
     /// Worker processes (0: tasks ran in the coordinator's process).
     pub workers: u32,
-    pub parallelism: usize,
     /// Task slots over all workers.
     pub slots: u32,
     /// Records produced by the sources.

@@ -12,7 +12,8 @@ use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{Placement, ShuffleHandle, WriterOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::plan::{JobSpec, StageId, TaskOutput};
+use crate::jobs::JobSpec;
+use crate::plan::{StageId, TaskOutput};
 use crate::EngineError;
 
 /// Largest message accepted (a job spec with many input files fits easily).

@@ -17,7 +17,8 @@ use tokio::task::AbortHandle;
 use super::service::connect_remote;
 use super::slow::SlowReads;
 use super::wire::{self, CoordinatorMsg, Counts, FailureClass, TaskFailure, TaskKey, WorkerMsg};
-use crate::plan::{Job, Registry, TaskContext, TaskCounters, TaskOutput};
+use crate::jobs::Registry;
+use crate::plan::{Job, TaskContext, TaskCounters, TaskOutput};
 use crate::EngineError;
 
 /// How a worker runs.

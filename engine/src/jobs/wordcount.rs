@@ -14,19 +14,13 @@
 //! sum the counts and write `word<TAB>count` lines, sorted by word, to
 //! `part-NNNNN` files.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::PathBuf;
 
-use shuffle_client::protocol::{MapId, PartitionId, ShuffleId};
-use shuffle_client::{ShuffleClient, ShuffleWriter, WriteStats};
+use shuffle_client::protocol::PartitionId;
 
-use super::{read_partition, register, timed_stage, JobContext};
-use crate::report::JobReport;
-use crate::{kv, EngineError};
+
+mod plan;
+pub use plan::{build, count_in_memory, job, WordcountParams};
 
 /// What to count.
 #[derive(Clone, Debug)]
@@ -56,261 +50,13 @@ pub fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
     }
 }
 
-/// Stable across processes and platforms, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// The partition a word goes to.
 pub fn partition_of(word: &[u8], partitions: u32) -> PartitionId {
-    PartitionId((fnv1a(word) % u64::from(partitions)) as u32)
+    PartitionId(crate::dataflow::wide::hash_partition(word, partitions))
 }
 
-/// A byte range of one input file; lines starting inside it belong to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Split {
-    path: PathBuf,
-    start: u64,
-    end: u64,
-}
 
-fn plan_splits(inputs: &[PathBuf], split_size: u64) -> Result<Vec<Split>, EngineError> {
-    let mut splits = Vec::new();
-    for path in inputs {
-        let meta = std::fs::metadata(path).map_err(EngineError::io("read", path))?;
-        if !meta.is_file() {
-            return Err(EngineError::InvalidArgument {
-                what: "input",
-                reason: format!("{} is not a file", path.display()),
-            });
-        }
-        let len = meta.len();
-        let step = split_size.max(1);
-        let mut start = 0;
-        loop {
-            let end = (start + step).min(len);
-            splits.push(Split {
-                path: path.clone(),
-                start,
-                end,
-            });
-            if end >= len {
-                break;
-            }
-            start = end;
-        }
-    }
-    Ok(splits)
-}
 
-/// Reads the lines that start inside `split`: a line that begins before it
-/// belongs to the previous split, which reads past its end to finish it.
-fn read_split(split: &Split) -> Result<Vec<u8>, EngineError> {
-    let io = |op| EngineError::io(op, &split.path);
-    let mut file = File::open(&split.path).map_err(io("open"))?;
-    let begin = split.start.saturating_sub(1);
-    file.seek(SeekFrom::Start(begin)).map_err(io("seek"))?;
-    let mut buf = Vec::with_capacity((split.end - begin) as usize + 256);
-    (&mut file)
-        .take(split.end - begin)
-        .read_to_end(&mut buf)
-        .map_err(io("read"))?;
-    // Finish the last line.
-    if buf.last().is_some_and(|b| *b != b'\n') {
-        let mut byte = [0u8; 4096];
-        'extend: loop {
-            let n = file.read(&mut byte).map_err(io("read"))?;
-            if n == 0 {
-                break;
-            }
-            for (i, b) in byte[..n].iter().enumerate() {
-                if *b == b'\n' {
-                    buf.extend_from_slice(&byte[..=i]);
-                    break 'extend;
-                }
-            }
-            buf.extend_from_slice(&byte[..n]);
-        }
-    }
-    // Skip the line that started in the previous split (at `begin`, the
-    // byte before our start, is either its newline or part of it).
-    if split.start > 0 {
-        match buf.iter().position(|b| *b == b'\n') {
-            Some(nl) => {
-                buf.drain(..=nl);
-            }
-            None => buf.clear(),
-        }
-    }
-    Ok(buf)
-}
-
-struct MapOutput {
-    words: u64,
-    written: WriteStats,
-}
-
-struct ReduceOutput {
-    distinct: u64,
-    total: u64,
-    misplaced: u64,
-    top: Vec<(String, u64)>,
-    fetched_bytes: u64,
-}
-
-/// Runs WordCount through `ctx.client`.
-pub async fn run<C: ShuffleClient>(
-    ctx: &JobContext<C>,
-    config: WordcountConfig,
-) -> Result<JobReport, EngineError> {
-    if config.inputs.is_empty() {
-        return Err(EngineError::InvalidArgument {
-            what: "input",
-            reason: "at least one input file is required".into(),
-        });
-    }
-    if let Some(dir) = &config.output {
-        std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
-    }
-    let started = Instant::now();
-    let splits = Arc::new(plan_splits(&config.inputs, config.split_size)?);
-    let maps = splits.len() as u32;
-    let partitions = config.partitions;
-    let handle = Arc::new(register(ctx, ShuffleId(0), maps, partitions).await?);
-
-    let (map_out, map_stage) = {
-        let (client, handle, splits) = (ctx.client.clone(), handle.clone(), splits.clone());
-        let options = ctx.writer_options;
-        timed_stage(ctx, "map", maps, move |map, attempt| {
-            let (client, handle, splits) = (client.clone(), handle.clone(), splits.clone());
-            async move {
-                let bytes = read_split(&splits[map as usize])?;
-                let text = String::from_utf8_lossy(&bytes);
-                let mut counts: HashMap<String, u64> = HashMap::new();
-                let mut words = 0u64;
-                for_each_word(&text, |w| {
-                    words += 1;
-                    match counts.get_mut(w) {
-                        Some(c) => *c += 1,
-                        None => {
-                            counts.insert(w.to_string(), 1);
-                        }
-                    }
-                });
-                let mut writer = client.open_writer(&handle, MapId(map), attempt, options).await?;
-                let mut rec = Vec::new();
-                for (word, count) in &counts {
-                    rec.clear();
-                    kv::encode(word.as_bytes(), &count.to_le_bytes(), &mut rec);
-                    writer
-                        .write(partition_of(word.as_bytes(), partitions), &rec)
-                        .await?;
-                }
-                Ok(MapOutput {
-                    words,
-                    written: writer.commit().await?,
-                })
-            }
-        })
-        .await?
-    };
-
-    let (reduce_out, reduce_stage) = {
-        let (client, handle) = (ctx.client.clone(), handle.clone());
-        let output = config.output.clone();
-        timed_stage(ctx, "reduce", partitions, move |p, _attempt| {
-            let (client, handle, output) = (client.clone(), handle.clone(), output.clone());
-            async move {
-                let mut sums: HashMap<String, u64> = HashMap::new();
-                let stats = read_partition(&*client, &handle, PartitionId(p), |rec| {
-                    let (word, count) = kv::decode(rec)?;
-                    let word = std::str::from_utf8(word).map_err(|_| EngineError::MalformedRecord {
-                        reason: "word is not UTF-8".into(),
-                    })?;
-                    let count: [u8; 8] = count.try_into().map_err(|_| EngineError::MalformedRecord {
-                        reason: format!("count of {} bytes", count.len()),
-                    })?;
-                    *sums.entry(word.to_string()).or_insert(0) += u64::from_le_bytes(count);
-                    Ok(())
-                })
-                .await?;
-                let mut sorted: Vec<(String, u64)> = sums.into_iter().collect();
-                sorted.sort_unstable();
-                if let Some(dir) = &output {
-                    write_part(dir, p, &sorted)?;
-                }
-                let misplaced = sorted
-                    .iter()
-                    .filter(|(w, _)| partition_of(w.as_bytes(), partitions) != PartitionId(p))
-                    .count() as u64;
-                let total = sorted.iter().map(|(_, c)| c).sum();
-                let distinct = sorted.len() as u64;
-                sorted.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                sorted.truncate(10);
-                Ok(ReduceOutput {
-                    distinct,
-                    total,
-                    misplaced,
-                    top: sorted,
-                    fetched_bytes: stats.fetched_bytes,
-                })
-            }
-        })
-        .await?
-    };
-
-    let status = ctx.client.shuffle_status(&handle).await?;
-    ctx.client.unregister_shuffle(&handle).await?;
-    let wall_seconds = started.elapsed().as_secs_f64();
-
-    let words_in: u64 = map_out.iter().map(|m| m.words).sum();
-    let words_out: u64 = reduce_out.iter().map(|r| r.total).sum();
-    let misplaced: u64 = reduce_out.iter().map(|r| r.misplaced).sum();
-    let mut top: Vec<(String, u64)> = reduce_out.iter().flat_map(|r| r.top.iter().cloned()).collect();
-    top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    top.truncate(10);
-
-    let mut extra = serde_json::Map::new();
-    extra.insert("words".into(), words_in.into());
-    extra.insert(
-        "top_words".into(),
-        serde_json::Value::Array(top.iter().map(|(w, c)| serde_json::json!([w, c])).collect()),
-    );
-    if let Some(dir) = &config.output {
-        extra.insert("output".into(), dir.display().to_string().into());
-    }
-    Ok(JobReport {
-        job: "wordcount".into(),
-        mode: ctx.mode.to_string(),
-        shuffle: ctx.shuffle_label.clone(),
-        records_in: words_in,
-        records_out: reduce_out.iter().map(|r| r.distinct).sum(),
-        shuffle_bytes_written: map_out.iter().map(|m| m.written.pushed_bytes).sum(),
-        shuffle_bytes_read: reduce_out.iter().map(|r| r.fetched_bytes).sum(),
-        spilled_bytes: status.stored_bytes,
-        wall_seconds,
-        stages: vec![map_stage, reduce_stage],
-        maps,
-        partitions,
-        parallelism: ctx.policy.parallelism,
-        // Every counted word arrived exactly once, at the partition its
-        // hash names.
-        valid: words_in == words_out && misplaced == 0,
-        extra, ..Default::default()
-    })
-}
-
-fn write_part(dir: &Path, partition: u32, sorted: &[(String, u64)]) -> Result<(), EngineError> {
-    let path = dir.join(format!("part-{partition:05}"));
-    let file = File::create(&path).map_err(EngineError::io("create", &path))?;
-    let mut out = BufWriter::new(file);
-    for (word, count) in sorted {
-        writeln!(out, "{word}\t{count}").map_err(EngineError::io("write", &path))?;
-    }
-    out.flush().map_err(EngineError::io("write", &path))
-}
 
 #[cfg(test)]
 mod tests {
@@ -328,29 +74,5 @@ mod tests {
         assert_eq!(words("  ÉCOLE école\tStraße "), ["école", "école", "straße"]);
         assert_eq!(words("a\u{FFFD}b…c"), ["a", "b", "c"]);
         assert!(words(" \n--\n").is_empty());
-    }
-
-    #[test]
-    fn splits_cover_every_line_exactly_once() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let path = tmp.path().join("in.txt");
-        let text: String = (0..200)
-            .map(|i| format!("line{i} {}\n", "x".repeat(i % 17)))
-            .collect();
-        std::fs::write(&path, &text).expect("write");
-        for split_size in [1, 7, 64, 1000, 100_000] {
-            let splits = plan_splits(std::slice::from_ref(&path), split_size).expect("plan");
-            let joined: Vec<u8> = splits.iter().flat_map(|s| read_split(s).expect("read")).collect();
-            assert_eq!(
-                String::from_utf8(joined).expect("utf8"),
-                text,
-                "split size {split_size}"
-            );
-        }
-        // A file without a final newline.
-        std::fs::write(&path, "a b\nc d").expect("write");
-        let splits = plan_splits(std::slice::from_ref(&path), 3).expect("plan");
-        let joined: Vec<u8> = splits.iter().flat_map(|s| read_split(s).expect("read")).collect();
-        assert_eq!(joined, b"a b\nc d");
     }
 }
