@@ -1,0 +1,3 @@
+//! The stream index state machine.
+
+use super::*;
