@@ -137,12 +137,7 @@ pub async fn run(
     }
     let store = Arc::new(store);
     store.start_sweeper();
-    let shared = Arc::new(Shared::new(
-        store,
-        config.clone(),
-        metrics,
-        addrs.grpc.port(),
-    ));
+    let shared = Arc::new(Shared::new(store, config.clone(), metrics, addrs.grpc.port()));
     let endpoint = data::quic::endpoint(listeners.quic, &listeners.quic_identity)?;
     tracing::info!(
         tcp = %addrs.tcp, quic = %addrs.quic, grpc = %addrs.grpc, http = %addrs.http,

@@ -34,15 +34,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protocol::{
-    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId,
-    ShuffleSpec,
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
 use self::layout::Layout;
+pub use self::modes::ShuffleRead;
 use self::partition::FileBudget;
 pub use self::persist::RecoveryReport;
 pub use self::reader::PartitionReader;
-pub use self::modes::ShuffleRead;
 pub use self::shuffle::CommitOutcome;
 use self::shuffle::{Placement, ShuffleState};
 use self::stream::MemoryGauge;

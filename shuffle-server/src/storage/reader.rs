@@ -130,7 +130,6 @@ impl PartitionReader {
         self.next += 1;
         Ok(Some(block))
     }
-
 }
 
 /// Decodes the bytes of one stored block and checks them against the index:
@@ -147,8 +146,8 @@ pub(crate) fn verify_block(
         reason,
     };
     let start = entry.offset;
-    let block = Block::decode(&mut data)
-        .map_err(|e| corrupt(format!("block {expected} at offset {start}: {e}")))?;
+    let block =
+        Block::decode(&mut data).map_err(|e| corrupt(format!("block {expected} at offset {start}: {e}")))?;
     if block.id() != expected {
         return Err(corrupt(format!(
             "offset {start} holds block {} instead of {expected}",

@@ -89,8 +89,11 @@ impl ShuffleState {
             partitions: (0..spec.num_partitions())
                 .map(|p| Mutex::new(PartitionFile::new(path_of(PartitionId(p)))))
                 .collect(),
-            stream: (spec.mode() != ShuffleMode::Blocking)
-                .then(|| (0..spec.num_partitions()).map(|_| StreamPart::default()).collect()),
+            stream: (spec.mode() != ShuffleMode::Blocking).then(|| {
+                (0..spec.num_partitions())
+                    .map(|_| StreamPart::default())
+                    .collect()
+            }),
             commits: Mutex::new(Commits {
                 by_map: (0..spec.num_maps()).map(|_| None).collect(),
                 count: 0,

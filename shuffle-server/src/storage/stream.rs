@@ -234,10 +234,7 @@ impl StreamIndex {
                 .values()
                 .any(|s| s.values().any(|slot| matches!(slot, Slot::Consumed)));
             if gone {
-                return Err(ServerError::DataGone {
-                    partition,
-                    map: *map,
-                });
+                return Err(ServerError::DataGone { partition, map: *map });
             }
         }
         Ok(())

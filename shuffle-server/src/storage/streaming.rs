@@ -91,7 +91,9 @@ impl ShuffleState {
         files: &FileBudget,
     ) -> Result<Vec<(bool, u64)>, ServerError> {
         let Some(parts) = &self.stream else {
-            return Err(ServerError::UnsupportedMode { mode: self.spec.mode() });
+            return Err(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            });
         };
         let mode = self.spec.mode();
         if mode == ShuffleMode::Pipelined {
@@ -131,13 +133,21 @@ impl ShuffleState {
                     env.spilled(mode, len);
                     out.push((true, len));
                     match copy {
-                        Some(c) => Slot::Memory(Held::new(block, Some(c), Instant::now(), true, env.gauge.clone())),
+                        Some(c) => {
+                            Slot::Memory(Held::new(block, Some(c), Instant::now(), true, env.gauge.clone()))
+                        }
                         None => Slot::Disk,
                     }
                 }
                 (false, Some(c)) => {
                     out.push((true, 0));
-                    Slot::Memory(Held::new(block, Some(c), Instant::now(), false, env.gauge.clone()))
+                    Slot::Memory(Held::new(
+                        block,
+                        Some(c),
+                        Instant::now(),
+                        false,
+                        env.gauge.clone(),
+                    ))
                 }
                 (false, None) => {
                     lock(&self.partitions[id.partition.index()]).append(&block, files)?;
@@ -160,7 +170,9 @@ impl ShuffleState {
         env: &StreamEnv,
     ) -> Result<Vec<(bool, u64)>, ServerError> {
         let Some(parts) = &self.stream else {
-            return Err(ServerError::UnsupportedMode { mode: self.spec.mode() });
+            return Err(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            });
         };
         let mut out = Vec::with_capacity(blocks.len());
         for block in blocks {
@@ -188,7 +200,12 @@ impl ShuffleState {
     /// A push racing a commit of another attempt is refused here, under the
     /// stream lock the commit takes too: no loser's block is kept after the
     /// winner committed.
-    fn check_stream_push(&self, index: &StreamIndex, map: MapId, attempt: AttemptId) -> Result<(), ServerError> {
+    fn check_stream_push(
+        &self,
+        index: &StreamIndex,
+        map: MapId,
+        attempt: AttemptId,
+    ) -> Result<(), ServerError> {
         if self.is_removed() {
             return Err(ServerError::UnknownShuffle {
                 app: self.app.clone(),
@@ -207,7 +224,12 @@ impl ShuffleState {
 
     /// Spills selective blocks and drops full copies older than
     /// `spill_after`; returns the bytes written.
-    pub(crate) fn sweep(&self, now: Instant, env: &StreamEnv, files: &FileBudget) -> Result<u64, ServerError> {
+    pub(crate) fn sweep(
+        &self,
+        now: Instant,
+        env: &StreamEnv,
+        files: &FileBudget,
+    ) -> Result<u64, ServerError> {
         let Some(parts) = &self.stream else { return Ok(0) };
         if self.spec.mode() == ShuffleMode::Pipelined || self.is_removed() {
             return Ok(0);
@@ -224,7 +246,9 @@ impl ShuffleState {
             }
             for (map, attempt, seq, on_disk) in expired {
                 if !on_disk {
-                    let Some(block) = index.memory_block(map, attempt, seq) else { continue };
+                    let Some(block) = index.memory_block(map, attempt, seq) else {
+                        continue;
+                    };
                     let len = block.encoded_len() as u64;
                     lock(&self.partitions[p]).append(block, files)?;
                     env.spilled(self.spec.mode(), len);
@@ -339,17 +363,21 @@ impl StreamReader {
     fn read_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) -> Result<Block, ServerError> {
         let (path, entry) = {
             let file = lock(&self.state.partitions[self.partition.index()]);
-            let entry = file.lookup(map, attempt, seq).ok_or_else(|| ServerError::CorruptFile {
-                path: file.path().to_path_buf(),
-                reason: format!("index lost {map} {attempt} seq {seq}"),
-            })?;
+            let entry = file
+                .lookup(map, attempt, seq)
+                .ok_or_else(|| ServerError::CorruptFile {
+                    path: file.path().to_path_buf(),
+                    reason: format!("index lost {map} {attempt} seq {seq}"),
+                })?;
             (file.path().to_path_buf(), entry)
         };
         if self.file.is_none() {
             self.file = Some(File::open(&path).map_err(ServerError::io("open", &path))?);
         }
         let Some(file) = &self.file else {
-            return Err(ServerError::io("open", &path)(std::io::ErrorKind::NotFound.into()));
+            return Err(ServerError::io("open", &path)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
         };
         // The file still grows while it is read: a positioned read of the
         // indexed range, not an mmap of a length fixed at open.
@@ -381,6 +409,8 @@ impl ShuffleState {
         self.stream
             .as_ref()
             .and_then(|s| s.get(partition.index()))
-            .ok_or(ServerError::UnsupportedMode { mode: self.spec.mode() })
+            .ok_or(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            })
     }
 }
