@@ -15,10 +15,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use protocol::ShuffleMode;
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
-use protocol::ShuffleMode;
 use shuffle_server::storage::{ShuffleRead, Store, StoreConfig, StoreStats};
 
 use crate::batching::Batcher;
@@ -70,7 +70,11 @@ impl EmbeddedShuffle {
 /// Pushes blocks; a pipelined shuffle first waits (asynchronously) for the
 /// memory credit each block will hold until a reader takes it: the
 /// backpressure that slows a producer to its slowest reader.
-async fn push_blocks(store: &Store, handle: &ShuffleHandle, blocks: Vec<Block>) -> Result<PushAck, ClientError> {
+async fn push_blocks(
+    store: &Store,
+    handle: &ShuffleHandle,
+    blocks: Vec<Block>,
+) -> Result<PushAck, ClientError> {
     let mut ack = PushAck::default();
     if handle.spec().mode() != ShuffleMode::Pipelined {
         let out = store.push_credited(handle.app(), handle.shuffle(), blocks, None)?;

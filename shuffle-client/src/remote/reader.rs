@@ -81,7 +81,11 @@ impl RemoteReader {
         while self.pending.is_empty() && !self.done {
             match self.step().await {
                 Ok(_) => {}
-                Err(e) if self.resumable && retried_here(&e) && self.retries < self.inner.options.max_retries => {
+                Err(e)
+                    if self.resumable
+                        && retried_here(&e)
+                        && self.retries < self.inner.options.max_retries =>
+                {
                     self.retries += 1;
                     self.stream = None;
                     let server = &self.inner.servers[self.server];
