@@ -98,7 +98,7 @@ impl Drop for Held {
 #[derive(Debug)]
 pub(crate) enum Slot {
     /// In memory (a hybrid-full copy is also on disk).
-    Memory(Held),
+    Memory(Box<Held>),
     /// Only in the partition file (hybrid modes).
     Disk,
     /// Delivered from memory and dropped: it arrived, but is gone.
@@ -114,6 +114,7 @@ struct MapStream {
 
 /// Where a delivered block comes from.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // transient, moved once per block
 pub(crate) enum Source {
     /// From memory; the credit must live until the block is written out.
     Memory(Block, Option<Credit>),
@@ -123,6 +124,7 @@ pub(crate) enum Source {
 
 /// What a reader does next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // transient, moved once per block
 pub(crate) enum Step {
     Deliver {
         map: MapId,
@@ -268,7 +270,7 @@ impl StreamIndex {
 
     /// Replaces a memory slot by `Disk` (spilled, or a full copy dropped);
     /// its memory and credit are returned.
-    pub(crate) fn to_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) {
+    pub(crate) fn mark_on_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) {
         if let Some(slot) = self
             .maps
             .get_mut(&map)
@@ -335,7 +337,7 @@ impl StreamIndex {
                     if held.on_disk {
                         *slot = Slot::Disk;
                     }
-                    let (block, credit) = held.take();
+                    let (block, credit) = (*held).take();
                     Source::Memory(block, credit)
                 }
             };

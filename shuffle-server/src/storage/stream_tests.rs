@@ -28,7 +28,7 @@ fn push(index: &mut StreamIndex, gauge: &Arc<MemoryGauge>, map: u32, attempt: u3
         on_disk,
         gauge.clone(),
     );
-    index.insert(MapId(map), AttemptId(attempt), seq, Slot::Memory(held));
+    index.insert(MapId(map), AttemptId(attempt), seq, Slot::Memory(Box::new(held)));
 }
 
 fn delivered(step: Result<Step, ServerError>) -> (u32, u32, u32) {

@@ -133,21 +133,25 @@ impl ShuffleState {
                     env.spilled(mode, len);
                     out.push((true, len));
                     match copy {
-                        Some(c) => {
-                            Slot::Memory(Held::new(block, Some(c), Instant::now(), true, env.gauge.clone()))
-                        }
+                        Some(c) => Slot::Memory(Box::new(Held::new(
+                            block,
+                            Some(c),
+                            Instant::now(),
+                            true,
+                            env.gauge.clone(),
+                        ))),
                         None => Slot::Disk,
                     }
                 }
                 (false, Some(c)) => {
                     out.push((true, 0));
-                    Slot::Memory(Held::new(
+                    Slot::Memory(Box::new(Held::new(
                         block,
                         Some(c),
                         Instant::now(),
                         false,
                         env.gauge.clone(),
-                    ))
+                    )))
                 }
                 (false, None) => {
                     lock(&self.partitions[id.partition.index()]).append(&block, files)?;
@@ -189,7 +193,7 @@ impl ShuffleState {
             let len = u32::try_from(block.encoded_len()).unwrap_or(u32::MAX);
             let share = credit.as_mut().map(|c| c.split_off(len));
             let held = Held::new(block, share, Instant::now(), false, env.gauge.clone());
-            index.insert(id.map, id.attempt, id.seq, Slot::Memory(held));
+            index.insert(id.map, id.attempt, id.seq, Slot::Memory(Box::new(held)));
             drop(index);
             part.notify.notify_waiters();
             out.push((true, 0));
@@ -254,7 +258,7 @@ impl ShuffleState {
                     env.spilled(self.spec.mode(), len);
                     written += len;
                 }
-                index.to_disk(map, attempt, seq);
+                index.mark_on_disk(map, attempt, seq);
             }
             drop(index);
             part.notify.notify_waiters();
