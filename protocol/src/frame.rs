@@ -93,6 +93,17 @@ pub enum Frame {
     Error(ErrorFrame),
 }
 
+/// Largest frame that [`is_control_frame`] can call control.
+pub const MAX_CONTROL_FRAME_LEN: u32 = 4096;
+
+/// True for a frame of tag `tag` and length `len` (tag + body) that carries
+/// no block data: a hello or a fetch request, small and bounded. A server
+/// reads these without waiting for memory credit, so a reader can always
+/// attach, even when the budget is full of blocks waiting for it.
+pub fn is_control_frame(tag: u8, len: u32) -> bool {
+    matches!(tag, TAG_HELLO | TAG_FETCH) && len <= MAX_CONTROL_FRAME_LEN
+}
+
 const TAG_HELLO: u8 = 0x01;
 const TAG_PUSH_BLOCKS: u8 = 0x02;
 const TAG_PUSH_ACK: u8 = 0x03;
@@ -457,6 +468,24 @@ mod tests {
                 Frame::Error(ErrorFrame {
                     request_id: r,
                     error: ServiceError::Internal { reason: m },
+                })
+            }),
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, m, a)| {
+                Frame::Error(ErrorFrame {
+                    request_id: r,
+                    error: ServiceError::AttemptFailed {
+                        map: MapId(m),
+                        attempt: crate::AttemptId(a),
+                    },
+                })
+            }),
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, p, m)| {
+                Frame::Error(ErrorFrame {
+                    request_id: r,
+                    error: ServiceError::DataGone {
+                        partition: PartitionId(p),
+                        map: MapId(m),
+                    },
                 })
             }),
         ]

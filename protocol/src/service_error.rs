@@ -96,6 +96,18 @@ pub enum ServiceError {
     Internal {
         reason: String,
     },
+    /// A streaming reader already delivered blocks of `attempt` of `map`,
+    /// and another attempt committed: the reader cannot go on exactly once.
+    AttemptFailed {
+        map: MapId,
+        attempt: AttemptId,
+    },
+    /// Memory-only blocks of `map` in `partition` were consumed by another
+    /// reader (pipelined, hybrid-selective): they cannot be read again.
+    DataGone {
+        partition: PartitionId,
+        map: MapId,
+    },
     /// A kind this version does not know.
     Other {
         kind: u16,
@@ -124,6 +136,8 @@ impl ServiceError {
             ServiceError::Busy { .. } => 15,
             ServiceError::Draining => 16,
             ServiceError::Internal { .. } => 17,
+            ServiceError::AttemptFailed { .. } => 18,
+            ServiceError::DataGone { .. } => 19,
             ServiceError::Other { kind, .. } => *kind,
         }
     }
@@ -147,6 +161,8 @@ impl ServiceError {
             ServiceError::Busy { .. } => "busy",
             ServiceError::Draining => "draining",
             ServiceError::Internal { .. } => "internal",
+            ServiceError::AttemptFailed { .. } => "attempt_failed",
+            ServiceError::DataGone { .. } => "data_gone",
             ServiceError::Other { .. } => "other",
         }
     }
@@ -216,6 +232,8 @@ impl ServiceError {
                 committed,
                 num_maps,
             } => put_u32s(&mut d, &[shuffle.0, *committed, *num_maps]),
+            ServiceError::AttemptFailed { map, attempt } => put_u32s(&mut d, &[map.0, attempt.0]),
+            ServiceError::DataGone { partition, map } => put_u32s(&mut d, &[partition.0, map.0]),
             ServiceError::Draining | ServiceError::Other { .. } => {}
         }
         out.put_u16_le(d.len().min(usize::from(u16::MAX)) as u16);
@@ -340,6 +358,20 @@ impl ServiceError {
             17 => ServiceError::Internal {
                 reason: wire::string(d, "error reason")?,
             },
+            18 => {
+                let v = u32s(d, 2)?;
+                ServiceError::AttemptFailed {
+                    map: MapId(v[0]),
+                    attempt: AttemptId(v[1]),
+                }
+            }
+            19 => {
+                let v = u32s(d, 2)?;
+                ServiceError::DataGone {
+                    partition: PartitionId(v[0]),
+                    map: MapId(v[1]),
+                }
+            }
             kind => {
                 d.advance(d.remaining());
                 ServiceError::Other { kind, message }
@@ -460,6 +492,14 @@ impl fmt::Display for ServiceError {
             ServiceError::Busy { reason } => write!(f, "server busy: {reason}"),
             ServiceError::Draining => f.write_str("server is draining"),
             ServiceError::Internal { reason } => write!(f, "internal server error: {reason}"),
+            ServiceError::AttemptFailed { map, attempt } => write!(
+                f,
+                "{map}: this reader delivered blocks of {attempt}, which did not commit; restart the consumer"
+            ),
+            ServiceError::DataGone { partition, map } => write!(
+                f,
+                "the in-memory blocks of {map} in {partition} were already consumed by another reader"
+            ),
             ServiceError::Other { kind, message } => write!(f, "error {kind}: {message}"),
         }
     }
@@ -546,6 +586,14 @@ mod tests {
             ServiceError::Internal {
                 reason: "disk".into(),
             },
+            ServiceError::AttemptFailed {
+                map: MapId(3),
+                attempt: AttemptId(1),
+            },
+            ServiceError::DataGone {
+                partition: PartitionId(2),
+                map: MapId(4),
+            },
             ServiceError::Other {
                 kind: 999,
                 message: "from the future".into(),
@@ -571,7 +619,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(kind in 0u16..20, data in proptest::collection::vec(any::<u8>(), 0..80)) {
+        fn streaming_kinds_round_trip(a in any::<u32>(), b in any::<u32>(), gone in any::<bool>()) {
+            let e = if gone {
+                ServiceError::DataGone { partition: PartitionId(a), map: MapId(b) }
+            } else {
+                ServiceError::AttemptFailed { map: MapId(a), attempt: AttemptId(b) }
+            };
+            let mut wire = e.to_bytes();
+            prop_assert_eq!(ServiceError::decode(&mut wire).expect("decode"), e);
+            prop_assert!(!wire.has_remaining());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(kind in 0u16..24, data in proptest::collection::vec(any::<u8>(), 0..80)) {
             let mut raw = Vec::new();
             raw.put_u16_le(kind);
             raw.put_u16_le(0);

@@ -229,7 +229,10 @@ pub trait ShuffleClient: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ShuffleHandle, ClientError>> + Send;
 
     /// Opens a writer for one attempt of one map. Records go to partitions
-    /// chosen by the caller; nothing is served until the writer commits.
+    /// chosen by the caller. In blocking mode nothing is served until the
+    /// writer commits; in streaming modes (pipelined, hybrid) readers get
+    /// blocks as they are pushed, and a pipelined writer waits for memory
+    /// credit when readers are slow (backpressure).
     fn open_writer(
         &self,
         handle: &ShuffleHandle,
@@ -259,7 +262,15 @@ pub trait ShuffleClient: Send + Sync + 'static {
     /// Opens a reader of one partition, for the maps in `maps` (all maps
     /// with [`ShuffleHandle::all_maps`]; fewer to split a skewed partition).
     /// In blocking mode this fails with [`ClientError::NotReady`] until the
-    /// shuffle is sealed.
+    /// shuffle is sealed. In streaming modes (pipelined, hybrid) a reader
+    /// may open any time after register and streams blocks as they arrive:
+    /// per map the blocks of one attempt in sequence order, maps
+    /// interleaved in any order; it ends once every map in range committed
+    /// and was delivered. It fails with [`ClientError::AttemptFailed`] if it
+    /// delivered blocks of an attempt that then lost the commit, and with
+    /// [`ClientError::DataGone`] if memory-only blocks it needs (pipelined,
+    /// hybrid-selective) were consumed by another reader; neither is
+    /// retryable (restart the consumer, or the region).
     fn open_reader(
         &self,
         handle: &ShuffleHandle,

@@ -5,14 +5,21 @@
 //! Its file I/O runs inline on the calling task: pushes append to the page
 //! cache and reads come from an mmap, both short, so they are not moved to a
 //! blocking pool.
+//!
+//! Streaming modes (pipelined, hybrid) work as on a server: readers attach
+//! any time after register and wait asynchronously for blocks; pipelined
+//! writers wait asynchronously for the store's memory credit (never
+//! blocking a runtime thread, which a reader may need to free it). The
+//! memory budget and `spill_after` come from [`StoreConfig`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use protocol::ShuffleMode;
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
-use shuffle_server::storage::{PartitionReader, Store, StoreConfig, StoreStats};
+use shuffle_server::storage::{ShuffleRead, Store, StoreConfig, StoreStats};
 
 use crate::batching::Batcher;
 use crate::client::Placement;
@@ -33,11 +40,12 @@ impl EmbeddedShuffle {
         Self::with_config(StoreConfig::new(data_dirs))
     }
 
-    /// Opens a store with explicit settings.
+    /// Opens a store with explicit settings (memory budget, `spill_after`
+    /// of hybrid-selective shuffles...). Starts the store's spill sweep.
     pub fn with_config(config: StoreConfig) -> Result<Self, ClientError> {
-        Ok(EmbeddedShuffle {
-            store: Arc::new(Store::open(config)?),
-        })
+        let store = Arc::new(Store::open(config)?);
+        store.start_sweeper();
+        Ok(EmbeddedShuffle { store })
     }
 
     /// The store's data directories.
@@ -46,10 +54,43 @@ impl EmbeddedShuffle {
     }
 
     /// The store's counters (blocks and bytes stored, duplicates dropped,
-    /// checksum mismatches).
+    /// checksum mismatches) and the memory streaming blocks hold
+    /// ([`StoreStats::memory_bytes`], [`StoreStats::peak_memory_bytes`],
+    /// never above the budget's limit, [`EmbeddedShuffle::memory_limit`]).
     pub fn stats(&self) -> StoreStats {
         self.store.stats()
     }
+
+    /// The store's memory budget, in bytes.
+    pub fn memory_limit(&self) -> u64 {
+        self.store.budget().limit()
+    }
+}
+
+/// Pushes blocks; a pipelined shuffle first waits (asynchronously) for the
+/// memory credit each block will hold until a reader takes it: the
+/// backpressure that slows a producer to its slowest reader.
+async fn push_blocks(
+    store: &Store,
+    handle: &ShuffleHandle,
+    blocks: Vec<Block>,
+) -> Result<PushAck, ClientError> {
+    let mut ack = PushAck::default();
+    if handle.spec().mode() != ShuffleMode::Pipelined {
+        let out = store.push_credited(handle.app(), handle.shuffle(), blocks, None)?;
+        return Ok(PushAck {
+            stored: out.stored,
+            duplicates: out.duplicates,
+        });
+    }
+    for block in blocks {
+        let len = u32::try_from(block.encoded_len()).unwrap_or(u32::MAX);
+        let credit = store.budget().acquire(len).await;
+        let out = store.push_credited(handle.app(), handle.shuffle(), vec![block], Some(credit))?;
+        ack.stored += out.stored;
+        ack.duplicates += out.duplicates;
+    }
+    Ok(ack)
 }
 
 impl ShuffleClient for EmbeddedShuffle {
@@ -95,11 +136,10 @@ impl ShuffleClient for EmbeddedShuffle {
     }
 
     async fn push_blocks(&self, handle: &ShuffleHandle, blocks: Vec<Block>) -> Result<PushAck, ClientError> {
-        let out = self.store.push(handle.app(), handle.shuffle(), &blocks)?;
-        Ok(PushAck {
-            stored: out.stored,
-            duplicates: out.duplicates,
-        })
+        if blocks.is_empty() {
+            self.store.status(handle.app(), handle.shuffle())?;
+        }
+        push_blocks(&self.store, handle, blocks).await
     }
 
     async fn commit_map(
@@ -121,7 +161,9 @@ impl ShuffleClient for EmbeddedShuffle {
         partition: PartitionId,
         maps: MapRange,
     ) -> Result<EmbeddedReader, ClientError> {
-        let inner = self.store.read(handle.app(), handle.shuffle(), partition, maps)?;
+        let inner = self
+            .store
+            .open_read(handle.app(), handle.shuffle(), partition, maps)?;
         Ok(EmbeddedReader {
             inner,
             stats: ReadStats::default(),
@@ -157,11 +199,10 @@ pub struct EmbeddedWriter {
 }
 
 impl EmbeddedWriter {
-    fn push_ready(&mut self) -> Result<(), ClientError> {
+    async fn push_ready(&mut self) -> Result<(), ClientError> {
         if !self.ready.is_empty() {
-            self.store
-                .push(self.handle.app(), self.handle.shuffle(), &self.ready)?;
-            self.ready.clear();
+            let blocks = std::mem::take(&mut self.ready);
+            push_blocks(&self.store, &self.handle, blocks).await?;
         }
         Ok(())
     }
@@ -170,12 +211,12 @@ impl EmbeddedWriter {
 impl ShuffleWriter for EmbeddedWriter {
     async fn write(&mut self, partition: PartitionId, record: &[u8]) -> Result<(), ClientError> {
         self.batcher.write(partition, record, &mut self.ready)?;
-        self.push_ready()
+        self.push_ready().await
     }
 
     async fn commit(mut self) -> Result<WriteStats, ClientError> {
         self.batcher.finish(&mut self.ready)?;
-        self.push_ready()?;
+        self.push_ready().await?;
         let (map, attempt) = (self.batcher.map(), self.batcher.attempt());
         self.store.commit(
             self.handle.app(),
@@ -191,13 +232,19 @@ impl ShuffleWriter for EmbeddedWriter {
 /// Reader of one partition of an [`EmbeddedShuffle`].
 #[derive(Debug)]
 pub struct EmbeddedReader {
-    inner: PartitionReader,
+    inner: ShuffleRead,
     stats: ReadStats,
 }
 
 impl ShuffleReader for EmbeddedReader {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClientError> {
-        let Some(block) = self.inner.next_block()? else {
+        let next = match &mut self.inner {
+            ShuffleRead::Sealed(reader) => reader.next_block()?,
+            // The block's memory credit is returned once it is handed over,
+            // as a server returns it once the block is written out.
+            ShuffleRead::Stream(reader) => reader.next_block().await?.map(|b| b.block),
+        };
+        let Some(block) = next else {
             return Ok(None);
         };
         // The storage reader verified the CRC: do not compute it twice.

@@ -97,6 +97,19 @@ pub enum ClientError {
         actual: u32,
         site: ChecksumSite,
     },
+    /// A streaming reader (pipelined, hybrid) already delivered blocks of
+    /// `attempt` of `map`, and another attempt of the map committed: the
+    /// records it returned for that map are from a losing attempt. Not
+    /// retryable by the reader: the caller restarts the consumer (a new
+    /// reader then gets the committed attempt, where it is still
+    /// available). No committed data lost.
+    #[error("{map}: the reader delivered blocks of {attempt}, which lost the commit; restart the consumer")]
+    AttemptFailed { map: MapId, attempt: AttemptId },
+    /// Memory-only blocks of `map` in `partition` (pipelined,
+    /// hybrid-selective) were already consumed by another reader and are
+    /// gone. Not retryable: the producing region must run again.
+    #[error("in-memory blocks of {map} in {partition} were already consumed by another reader")]
+    DataGone { partition: PartitionId, map: MapId },
     /// Stored data does not match its index (truncated or overwritten file,
     /// undecodable block). Not retryable; the partition's data is lost.
     #[error("corrupt data ({location}): {reason}")]
@@ -152,6 +165,7 @@ impl ClientError {
                 | ClientError::Corrupt { .. }
                 | ClientError::MissingBlocks { .. }
                 | ClientError::UnknownApp { .. }
+                | ClientError::DataGone { .. }
         )
     }
 
@@ -246,6 +260,8 @@ impl ClientError {
             ServiceError::Busy { reason } => ClientError::Busy { server, reason },
             ServiceError::Draining => ClientError::Draining { server },
             ServiceError::Internal { reason } => ClientError::Internal { server, reason },
+            ServiceError::AttemptFailed { map, attempt } => ClientError::AttemptFailed { map, attempt },
+            ServiceError::DataGone { partition, map } => ClientError::DataGone { partition, map },
             ServiceError::Other { kind, message } => ClientError::Internal {
                 server,
                 reason: format!("error {kind}: {message}"),

@@ -5,6 +5,7 @@ mod conformance;
 use std::path::PathBuf;
 
 use shuffle_client::EmbeddedShuffle;
+use shuffle_server::storage::{MemoryBudget, StoreConfig};
 
 struct Embedded {
     tmp: tempfile::TempDir,
@@ -13,9 +14,17 @@ struct Embedded {
 
 impl Embedded {
     fn new() -> Self {
+        Self::with(256 << 20)
+    }
+
+    fn with(budget: u64) -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dirs = vec![tmp.path().join("disk-a"), tmp.path().join("disk-b")];
-        let client = EmbeddedShuffle::open(dirs).expect("open store");
+        let mut config = StoreConfig::new(dirs);
+        config.memory_budget = MemoryBudget::unmetered(budget);
+        // Spills in these cases come from memory pressure, not from time.
+        config.spill_after = std::time::Duration::from_secs(30);
+        let client = EmbeddedShuffle::with_config(config).expect("open store");
         Embedded { tmp, client }
     }
 }
@@ -30,6 +39,18 @@ impl conformance::Harness for Embedded {
     }
     fn sandbox(&self) -> PathBuf {
         self.tmp.path().to_path_buf()
+    }
+    async fn with_budget(bytes: u64) -> Self {
+        Self::with(bytes)
+    }
+    async fn memory(&self) -> (u64, u64) {
+        let stats = self.client.stats();
+        assert!(
+            stats.peak_memory_bytes <= self.client.memory_limit(),
+            "peak {} over the budget",
+            stats.peak_memory_bytes
+        );
+        (stats.memory_bytes, self.client.memory_limit())
     }
 }
 

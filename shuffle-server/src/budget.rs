@@ -13,6 +13,14 @@
 //! block larger than the whole budget, possible only if the budget was
 //! lowered below the frame size it was written with, is sent with credit
 //! for the whole budget.)
+//!
+//! The [`crate::storage::Store`] owns the budget (see
+//! [`crate::storage::StoreConfig::memory_budget`]); in the server the data
+//! plane uses that same budget, so `rss_buffer_bytes` counts push frames,
+//! fetch chunks and the in-memory blocks of streaming shuffles together.
+//! Streaming (pipelined, hybrid) blocks keep their credit until a reader
+//! consumes them or they are spilled; see `storage/stream.rs` for the rules
+//! that keep that from deadlocking.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,20 +34,58 @@ use crate::metrics::Metrics;
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
     limit: u64,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 /// Bytes of the budget held by one buffer. Dropping it returns them.
 #[derive(Debug)]
 pub struct Credit {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     bytes: u32,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        self.metrics.buffer_bytes.sub(i64::from(self.bytes));
+        if let Some(m) = &self.metrics {
+            m.buffer_bytes.sub(i64::from(self.bytes));
+        }
+    }
+}
+
+impl Credit {
+    /// Bytes this credit holds.
+    pub fn bytes(&self) -> u32 {
+        self.bytes
+    }
+
+    /// Adds `other`'s bytes to this credit (both from the same budget).
+    pub fn merge(&mut self, mut other: Credit) {
+        match (&mut self.permit, other.permit.take()) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+        self.bytes += other.bytes;
+        // `other` now holds nothing: its drop must not count its bytes again.
+        other.bytes = 0;
+    }
+
+    /// Splits `bytes` off this credit into a new one (all that is left when
+    /// it holds fewer). The two are returned to the budget separately.
+    pub fn split_off(&mut self, bytes: u32) -> Credit {
+        let bytes = bytes.min(self.bytes);
+        let permit = if bytes == self.bytes {
+            self.permit.take()
+        } else {
+            self.permit.as_mut().and_then(|p| p.split(bytes as usize))
+        };
+        self.bytes -= bytes;
+        Credit {
+            permit,
+            bytes,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -53,8 +99,41 @@ impl MemoryBudget {
         MemoryBudget {
             permits: Arc::new(Semaphore::new(limit as usize)),
             limit,
-            metrics,
+            metrics: Some(metrics),
         }
+    }
+
+    /// A budget of `limit` bytes that reports no metrics (the embedded
+    /// store's).
+    pub fn unmetered(limit: u64) -> Self {
+        let limit = limit.min(Semaphore::MAX_PERMITS as u64);
+        MemoryBudget {
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+            metrics: None,
+        }
+    }
+
+    fn cap(&self, bytes: u32) -> u32 {
+        bytes.min(u32::try_from(self.limit).unwrap_or(u32::MAX))
+    }
+
+    fn credit(&self, permit: OwnedSemaphorePermit, bytes: u32) -> Credit {
+        if let Some(m) = &self.metrics {
+            m.buffer_bytes.add(i64::from(bytes));
+        }
+        Credit {
+            permit: Some(permit),
+            bytes,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Takes `bytes` of credit if they are free right now; never waits.
+    pub fn try_acquire(&self, bytes: u32) -> Option<Credit> {
+        let bytes = self.cap(bytes);
+        let permit = self.permits.clone().try_acquire_many_owned(bytes).ok()?;
+        Some(self.credit(permit, bytes))
     }
 
     /// The budget in bytes.
@@ -70,28 +149,23 @@ impl MemoryBudget {
     /// Waits until `bytes` of credit are free and takes them. `bytes` must
     /// not exceed the limit (the frame limit is validated against it).
     pub async fn acquire(&self, bytes: u32) -> Credit {
-        let bytes = bytes.min(u32::try_from(self.limit).unwrap_or(u32::MAX));
+        let bytes = self.cap(bytes);
         let permit = match self.permits.clone().try_acquire_many_owned(bytes) {
             Ok(p) => p,
             Err(_) => {
                 let waited = Instant::now();
                 // The semaphore is never closed, so this only waits.
                 let p = self.permits.clone().acquire_many_owned(bytes).await;
-                self.metrics
-                    .backpressure_seconds
-                    .inc_by(waited.elapsed().as_secs_f64());
+                if let Some(m) = &self.metrics {
+                    m.backpressure_seconds.inc_by(waited.elapsed().as_secs_f64());
+                }
                 match p {
                     Ok(p) => p,
                     Err(_) => unreachable_closed(),
                 }
             }
         };
-        self.metrics.buffer_bytes.add(i64::from(bytes));
-        Credit {
-            _permit: permit,
-            bytes,
-            metrics: self.metrics.clone(),
-        }
+        self.credit(permit, bytes)
     }
 }
 
@@ -123,6 +197,21 @@ mod tests {
         assert_eq!(budget.in_use(), 700);
         drop((b, c));
         assert_eq!(budget.in_use(), 0);
-        assert_eq!(budget.metrics.buffer_bytes.get(), 0);
+        assert_eq!(budget.metrics.as_ref().map(|m| m.buffer_bytes.get()), Some(0));
+    }
+
+    #[test]
+    fn split_credit_returns_each_part_separately() {
+        let budget = MemoryBudget::new(1000, Metrics::new());
+        let mut whole = budget.try_acquire(900).expect("free");
+        assert!(budget.try_acquire(200).is_none(), "only 100 left");
+        let part = whole.split_off(300);
+        assert_eq!((whole.bytes(), part.bytes()), (600, 300));
+        drop(whole);
+        assert_eq!(budget.in_use(), 300);
+        let rest = budget.try_acquire(700).expect("600 came back");
+        drop((part, rest));
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.metrics.as_ref().map(|m| m.buffer_bytes.get()), Some(0));
     }
 }

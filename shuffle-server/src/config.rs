@@ -48,6 +48,15 @@ pub struct ServerConfig {
     pub max_open_files: usize,
     /// Longest wait for in-flight pushes when draining. Default 30 s.
     pub drain_timeout: Duration,
+    /// Hybrid-selective shuffles: a block not consumed within this time is
+    /// spilled to disk (hybrid-full: its memory copy is dropped; it is on
+    /// disk already). Default 1 s.
+    pub spill_after: Duration,
+    /// A streaming fetch waiting for producers sends an empty `FetchBlocks`
+    /// this often, so the client's request timeout does not fire while a
+    /// reader legitimately waits. Default 5 s; keep it well below the
+    /// clients' request timeout.
+    pub stream_keepalive: Duration,
 }
 
 impl ServerConfig {
@@ -69,6 +78,8 @@ impl ServerConfig {
             fsync_on_seal: true,
             max_open_files: 16384,
             drain_timeout: Duration::from_secs(30),
+            spill_after: Duration::from_secs(1),
+            stream_keepalive: Duration::from_secs(5),
         }
     }
 
@@ -118,6 +129,12 @@ impl ServerConfig {
         if self.check_interval.is_zero() {
             return bad("check_interval", "must be positive".into());
         }
+        if self.spill_after.is_zero() {
+            return bad("spill_after", "must be positive".into());
+        }
+        if self.stream_keepalive < Duration::from_millis(10) {
+            return bad("stream_keepalive", "must be at least 10 ms".into());
+        }
         if self.quic_cert.is_some() != self.quic_key.is_some() {
             return bad("quic_cert", "quic_cert and quic_key go together".into());
         }
@@ -146,6 +163,8 @@ pub struct FileConfig {
     pub fsync_on_seal: Option<bool>,
     pub max_open_files: Option<usize>,
     pub drain_timeout_secs: Option<f64>,
+    pub spill_after_secs: Option<f64>,
+    pub stream_keepalive_secs: Option<f64>,
 }
 
 impl FileConfig {
@@ -197,6 +216,12 @@ impl FileConfig {
         }
         if let Some(v) = self.drain_timeout_secs {
             c.drain_timeout = seconds("drain_timeout_secs", v)?;
+        }
+        if let Some(v) = self.spill_after_secs {
+            c.spill_after = seconds("spill_after_secs", v)?;
+        }
+        if let Some(v) = self.stream_keepalive_secs {
+            c.stream_keepalive = seconds("stream_keepalive_secs", v)?;
         }
         Ok(())
     }

@@ -88,6 +88,23 @@ pub enum ServerError {
         committed: u32,
         num_maps: u32,
     },
+    /// A streaming reader delivered blocks of `attempt` of `map`, and
+    /// another attempt of the map committed: the reader cannot go on
+    /// exactly once (its consumer must restart).
+    #[error("{map}: the reader delivered blocks of {attempt}, and another attempt committed")]
+    AttemptFailed { map: MapId, attempt: AttemptId },
+    /// The memory-only blocks of `map` in `partition` (pipelined,
+    /// hybrid-selective) were consumed by another reader: they are gone.
+    #[error("in-memory blocks of {map} in {partition} were already consumed by another reader")]
+    DataGone { partition: PartitionId, map: MapId },
+    /// A pipelined push found no free memory credit (only when pushed
+    /// without credit, e.g. by [`crate::storage::Store::push`]).
+    #[error("no memory credit for {bytes} bytes of pipelined blocks; retry later")]
+    NoCredit { bytes: u64 },
+    /// A fetch asked to resume a stream that cannot be resumed (streaming
+    /// reads interleave maps in arrival order).
+    #[error("a {mode} fetch cannot resume from block {resume_from}: restart the reader")]
+    ResumeUnsupported { mode: ShuffleMode, resume_from: u64 },
     /// A stored file does not match its index (truncated, overwritten...).
     #[error("corrupt partition file {path}: {reason}")]
     CorruptFile { path: PathBuf, reason: String },

@@ -11,7 +11,7 @@
 //! The in-process `EmbeddedShuffle` of `shuffle-client` drives the same
 //! [`storage::Store`].
 
-mod budget;
+pub mod budget;
 pub mod config;
 pub mod data;
 pub mod disk;

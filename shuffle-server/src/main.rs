@@ -56,6 +56,10 @@ struct Cli {
     /// Write the QUIC certificate (PEM) here at start, for clients to trust.
     #[arg(long, value_name = "FILE")]
     quic_cert_out: Option<PathBuf>,
+    /// Seconds after which a hybrid-selective block nobody consumed is
+    /// spilled to disk [default: 1].
+    #[arg(long)]
+    spill_after_secs: Option<f64>,
     /// Do not fsync at seal (faster; sealed data may not survive a power loss).
     #[arg(long)]
     no_fsync: bool,
@@ -72,6 +76,7 @@ impl Cli {
             memory_budget: self.memory_budget.clone(),
             max_frame_len: self.max_frame_len.clone(),
             app_timeout_secs: self.app_timeout_secs,
+            spill_after_secs: self.spill_after_secs,
             quic_cert: self.quic_cert.clone(),
             quic_key: self.quic_key.clone(),
             fsync_on_seal: self.no_fsync.then_some(false),

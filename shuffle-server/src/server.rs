@@ -15,6 +15,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::state::Shared;
@@ -107,10 +108,19 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let addrs = listeners.addrs()?;
+    let metrics = Metrics::new();
+    // One budget for the data plane and the store's streaming blocks, so
+    // `rss_buffer_bytes` counts everything buffered.
+    let budget = MemoryBudget::new(config.memory_budget, metrics.clone());
     let store_config = StoreConfig {
         data_dirs: config.data_dirs.clone(),
         max_open_files: crate::limits::fit_open_files(config.max_open_files),
         fsync_on_seal: config.fsync_on_seal,
+        memory_budget: budget,
+        spill_after: config.spill_after,
+        // Hybrid copies leave room for the largest push frame: hybrid
+        // producers never wait on memory.
+        stream_headroom: u64::from(config.max_frame_len),
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
@@ -125,13 +135,9 @@ pub async fn run(
     for path in &report.discarded {
         tracing::info!(path = %path.display(), "discarded unsealed shuffle data");
     }
-    let metrics = Metrics::new();
-    let shared = Arc::new(Shared::new(
-        Arc::new(store),
-        config.clone(),
-        metrics,
-        addrs.grpc.port(),
-    ));
+    let store = Arc::new(store);
+    store.start_sweeper();
+    let shared = Arc::new(Shared::new(store, config.clone(), metrics, addrs.grpc.port()));
     let endpoint = data::quic::endpoint(listeners.quic, &listeners.quic_identity)?;
     tracing::info!(
         tcp = %addrs.tcp, quic = %addrs.quic, grpc = %addrs.grpc, http = %addrs.http,
@@ -198,6 +204,8 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let stopped = crate::state::stopped(stop);
     tokio::pin!(stopped);
     let mut written_before: Vec<u64> = Vec::new();
+    let mut spilled_before: Vec<u64> = Vec::new();
+    let mut blocking_before = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -215,13 +223,29 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 .flush_bytes
                 .with_label_values(&[&label])
                 .inc_by(delta);
-            // Only blocking shuffles are served yet, and they persist everything.
+        }
+        // Hybrid shuffles' disk writes, by mode; blocking writes are the rest.
+        let spilled = shared.store.spilled_bytes_by_mode();
+        spilled_before.resize(spilled.len(), 0);
+        let total_written: u64 = written.iter().map(|(_, w)| w).sum();
+        let mut hybrid_total = 0;
+        for ((mode, now), before) in spilled.iter().zip(spilled_before.iter_mut()) {
+            hybrid_total += now;
+            let delta = now.saturating_sub(*before);
+            *before = *now;
             shared
                 .metrics
                 .spill_bytes
-                .with_label_values(&["blocking"])
+                .with_label_values(&[mode.name()])
                 .inc_by(delta);
         }
+        let blocking = total_written.saturating_sub(hybrid_total);
+        shared
+            .metrics
+            .spill_bytes
+            .with_label_values(&["blocking"])
+            .inc_by(blocking.saturating_sub(blocking_before));
+        blocking_before = blocking_before.max(blocking);
         for app in shared.apps.take_expired(Instant::now()) {
             tracing::info!(%app, "app expired: no heartbeat, deleting its data");
             shared.metrics.expired_applications.inc();

@@ -30,7 +30,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(store: Arc<Store>, config: ServerConfig, metrics: Metrics, grpc_port: u16) -> Self {
-        let budget = MemoryBudget::new(config.memory_budget, metrics.clone());
+        // The store's budget: the data plane and streaming blocks share it.
+        let budget: MemoryBudget = store.budget().clone();
         let apps = AppRegistry::new(config.app_timeout);
         // Apps restored from disk get a full timeout to heartbeat again.
         for app in store.app_ids() {

@@ -103,6 +103,20 @@ impl ServerError {
             ServerError::Io { .. } => ServiceError::Internal {
                 reason: self.to_string(),
             },
+            ServerError::AttemptFailed { map, attempt } => ServiceError::AttemptFailed {
+                map: *map,
+                attempt: *attempt,
+            },
+            ServerError::DataGone { partition, map } => ServiceError::DataGone {
+                partition: *partition,
+                map: *map,
+            },
+            ServerError::NoCredit { .. } => ServiceError::Busy {
+                reason: self.to_string(),
+            },
+            ServerError::ResumeUnsupported { .. } => ServiceError::Malformed {
+                reason: self.to_string(),
+            },
         }
     }
 }
@@ -122,7 +136,9 @@ pub fn to_status(err: &ServiceError) -> tonic::Status {
         | ServiceError::AttemptSuperseded { .. }
         | ServiceError::ManifestMismatch { .. }
         | ServiceError::MissingBlocks { .. }
-        | ServiceError::NotReady { .. } => Code::FailedPrecondition,
+        | ServiceError::NotReady { .. }
+        | ServiceError::AttemptFailed { .. } => Code::FailedPrecondition,
+        ServiceError::DataGone { .. } => Code::DataLoss,
         ServiceError::Busy { .. } => Code::ResourceExhausted,
         ServiceError::Draining => Code::Unavailable,
         ServiceError::Internal { .. } | ServiceError::Other { .. } => Code::Internal,

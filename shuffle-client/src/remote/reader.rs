@@ -1,11 +1,14 @@
-//! The remote reader: one fetch stream per partition, resumed from the next
-//! block if the connection breaks.
+//! The remote reader: one fetch stream per partition. A blocking fetch is
+//! resumed from the next block if the connection breaks; a streaming one
+//! (pipelined, hybrid) is not (maps interleave in arrival order, a position
+//! cannot be replayed): it returns the connection error, and the engine
+//! restarts the consumer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protocol::frame::{FetchRequest, Frame};
-use protocol::{Block, MapRange, PartitionId};
+use protocol::{Block, MapRange, PartitionId, ShuffleMode};
 
 use super::conn::Stream;
 use super::{retried_here, Inner};
@@ -22,6 +25,8 @@ pub struct RemoteReader {
     /// Stream position of the next block handed out.
     position: u64,
     done: bool,
+    /// Blocking: resumable after a broken connection.
+    resumable: bool,
     retries: u32,
     stats: ReadStats,
 }
@@ -55,12 +60,19 @@ impl RemoteReader {
             pending: VecDeque::new(),
             position: 0,
             done: false,
+            resumable: handle.spec().mode() == ShuffleMode::Blocking,
             retries: 0,
             stats: ReadStats::default(),
         };
         // Read the first frame now, so that a refusal (not sealed, unknown
-        // shuffle...) is reported by `open_reader`, as in process.
-        reader.fill().await?;
+        // shuffle, data gone...) is reported by `open_reader`, as in
+        // process. A streaming fetch answers at once with an empty
+        // `FetchBlocks` once attached, so this does not wait for producers.
+        if reader.resumable {
+            reader.fill().await?;
+        } else {
+            reader.step().await?;
+        }
         Ok(reader)
     }
 
@@ -69,7 +81,11 @@ impl RemoteReader {
         while self.pending.is_empty() && !self.done {
             match self.step().await {
                 Ok(_) => {}
-                Err(e) if retried_here(&e) && self.retries < self.inner.options.max_retries => {
+                Err(e)
+                    if self.resumable
+                        && retried_here(&e)
+                        && self.retries < self.inner.options.max_retries =>
+                {
                     self.retries += 1;
                     self.stream = None;
                     let server = &self.inner.servers[self.server];
@@ -82,7 +98,11 @@ impl RemoteReader {
                         .saturating_mul(1 << self.retries.min(6));
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Mid-stream the connection's state is unknown: drop it.
+                    self.stream = None;
+                    return Err(e);
+                }
             }
         }
         Ok(())

@@ -29,6 +29,14 @@ pub trait Harness: Send + Sync {
     /// A folder that contains all data directories and nothing else the
     /// service may write to.
     fn sandbox(&self) -> PathBuf;
+    /// A fresh implementation whose memory budget is (about) `bytes`: the
+    /// smallest the implementation allows at or above it.
+    fn with_budget(bytes: u64) -> impl std::future::Future<Output = Self> + Send
+    where
+        Self: Sized;
+    /// Bytes of memory budget in use now, and the budget (summed over every
+    /// server behind the client).
+    fn memory(&self) -> impl std::future::Future<Output = (u64, u64)> + Send;
 }
 
 /// Expands to one `#[tokio::test]` per conformance case.
@@ -50,6 +58,14 @@ macro_rules! conformance_suite {
             eight_mib_records,
             map_ranges_split_a_partition,
             out_of_range_ids_are_refused,
+            streaming_readers_get_blocks_before_the_last_commit,
+            streaming_duplicate_pushes_are_delivered_once,
+            a_reader_of_a_losing_attempt_fails_with_attempt_failed,
+            pipelined_blocks_consumed_by_one_reader_are_gone_for_another,
+            hybrid_full_late_readers_read_everything_from_disk,
+            hybrid_selective_with_ample_memory_writes_nothing,
+            hybrid_selective_with_a_small_budget_spills_and_completes,
+            pipelined_backpressure_keeps_the_budget,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -608,3 +624,6 @@ pub async fn out_of_range_ids_are_refused<H: Harness>(h: &H) -> Result<()> {
     w.write(PartitionId(2), b"still usable").await?;
     Ok(())
 }
+
+mod modes;
+pub use modes::*;

@@ -24,6 +24,8 @@ pub fn server_config(dirs: Vec<PathBuf>) -> ServerConfig {
     config.memory_budget = 256 << 20;
     config.check_interval = Duration::from_millis(100);
     config.fsync_on_seal = false;
+    // Spills in the conformance cases come from memory pressure, not time.
+    config.spill_after = Duration::from_secs(30);
     config
 }
 
@@ -59,6 +61,47 @@ impl Cluster {
             client,
             transport,
         }
+    }
+
+    /// `n` servers with a memory budget of `budget` bytes each (at least
+    /// the server's 1 MiB minimum), frames and pushes sized to fit it.
+    pub async fn start_budgeted(n: usize, transport: Transport, budget: u64) -> Self {
+        let budget = budget.max(1 << 20);
+        let mut cluster = Self::start_with(n, transport, |dirs| {
+            let mut c = server_config(dirs);
+            c.memory_budget = budget;
+            c.max_frame_len = u32::try_from(budget).unwrap_or(u32::MAX);
+            c
+        })
+        .await;
+        let options = RemoteOptions {
+            push_batch_bytes: usize::try_from(budget / 4).unwrap_or(1 << 18),
+            ..Self::options(&cluster.servers)
+        };
+        cluster.client = RemoteShuffle::connect(&Self::urls(&cluster.servers, transport), options)
+            .await
+            .expect("client connects");
+        cluster
+    }
+
+    /// Memory budget in use and the budget, summed over the servers.
+    pub async fn memory(&self) -> (u64, u64) {
+        let mut total = (0, 0);
+        for s in &self.servers {
+            let mut c = shuffle_server::proto::shuffle_control_client::ShuffleControlClient::connect(
+                format!("http://{}", s.addrs.grpc),
+            )
+            .await
+            .expect("grpc connects");
+            let status = c
+                .server_status(shuffle_server::proto::Empty {})
+                .await
+                .expect("server status")
+                .into_inner();
+            total.0 += status.buffer_bytes;
+            total.1 += status.buffer_limit_bytes;
+        }
+        total
     }
 
     pub fn options(servers: &[LocalServer]) -> RemoteOptions {
@@ -111,6 +154,12 @@ macro_rules! remote_conformance {
             }
             fn sandbox(&self) -> std::path::PathBuf {
                 self.tmp.path().to_path_buf()
+            }
+            async fn with_budget(bytes: u64) -> Self {
+                support::Cluster::start_budgeted($servers, $transport, bytes).await
+            }
+            async fn memory(&self) -> (u64, u64) {
+                support::Cluster::memory(self).await
             }
         }
 

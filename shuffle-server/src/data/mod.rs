@@ -6,6 +6,7 @@
 //! transports (`tcp.rs`, `quic.rs`) only move frames.
 
 pub(crate) mod quic;
+mod stream;
 pub(crate) mod tcp;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::budget::Credit;
 use crate::state::Shared;
+use crate::storage::ShuffleRead;
 
 /// Bytes of blocks sent per `FetchBlocks` frame (one larger block is sent
 /// alone).
@@ -55,11 +57,14 @@ pub(crate) enum ReadError {
 /// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
 /// Memory for the body is allocated only after its credit is granted; the
 /// credit comes back with the frame and must live as long as its data.
+/// Control frames (hello, fetch: small, bounded, no block data) are read
+/// without credit: DEADLOCK RULE, a reader must be able to attach while the
+/// budget is full of pipelined blocks that only it would consume.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     shared: &Shared,
     codec: &FrameCodec,
-) -> Result<Option<(Frame, Credit)>, ReadError> {
+) -> Result<Option<(Frame, Option<Credit>)>, ReadError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -78,8 +83,15 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         got += n;
     }
     let len = codec.check_prefix(prefix)?;
-    let credit = shared.budget.acquire(len).await;
+    let mut tag = [0u8; 1];
+    reader.read_exact(&mut tag).await?;
+    let credit = if protocol::frame::is_control_frame(tag[0], len) {
+        None
+    } else {
+        Some(shared.budget.acquire(len).await)
+    };
     let mut body = BytesMut::with_capacity(len as usize);
+    body.extend_from_slice(&tag);
     while body.len() < len as usize {
         let want = len as usize - body.len();
         if (&mut *reader).take(want as u64).read_buf(&mut body).await? == 0 {
@@ -173,10 +185,15 @@ pub async fn write_segments<W: AsyncWrite + Unpin>(
 
 /// Stores a push; returns the reply frame. The push's credit is released
 /// when its blocks are on disk (or refused).
+///
+/// Pipelined shuffles keep the blocks in memory: the store splits this
+/// credit per block and each block holds its share until a reader takes it
+/// (so a full budget stops the next push frame in `read_frame`: credit
+/// backpressure). Other modes return it when the push is done.
 pub(crate) async fn handle_push(
     shared: &Arc<Shared>,
     push: PushBlocks,
-    credit: Credit,
+    credit: Option<Credit>,
     transport: Transport,
 ) -> Frame {
     let _in_flight = shared.pushes.enter();
@@ -200,8 +217,8 @@ pub(crate) async fn handle_push(
     let app = push.app.clone();
     let shuffle = push.shuffle;
     let blocks: Vec<Block> = push.blocks;
-    let outcome = tokio::task::spawn_blocking(move || store.push(&app, shuffle, &blocks)).await;
-    drop(credit);
+    let outcome =
+        tokio::task::spawn_blocking(move || store.push_credited(&app, shuffle, blocks, credit)).await;
     shared
         .metrics
         .push_duration
@@ -308,9 +325,12 @@ async fn stream_partition<S: FrameSink>(
     }
     let store = shared.store.clone();
     let (app, shuffle, partition, maps) = (req.app.clone(), req.shuffle, req.partition, req.maps);
-    let opened = tokio::task::spawn_blocking(move || store.read(&app, shuffle, partition, maps)).await;
+    let opened = tokio::task::spawn_blocking(move || store.open_read(&app, shuffle, partition, maps)).await;
     let mut reader = match opened {
-        Ok(Ok(reader)) => reader,
+        Ok(Ok(ShuffleRead::Sealed(reader))) => reader,
+        Ok(Ok(ShuffleRead::Stream(reader))) => {
+            return stream::serve_stream(shared, req, transport, sink, reader).await;
+        }
         Ok(Err(e)) => return Ok(Err(e.to_service_error())),
         Err(join) => {
             return Ok(Err(ServiceError::Internal {

@@ -9,30 +9,45 @@
 //! a meta file when it seals, and [`Store::open`] restores it from there.
 //! Shuffles that were not sealed are deleted at start-up
 //! ([`Store::recovery`] says what was restored and what was discarded).
+//!
+//! Streaming shuffles (pipelined, hybrid-full, hybrid-selective) keep a
+//! stream index per partition (`stream.rs`, driven by `streaming.rs`):
+//! readers attach any time after register ([`Store::open_read`]) and
+//! stream blocks while producers push; blocks held in memory are paid for
+//! with the store's [`MemoryBudget`]. Only blocking and sealed hybrid-full
+//! shuffles survive a restart.
 
 mod layout;
 mod meta;
+mod modes;
 mod partition;
 mod persist;
 mod reader;
 mod shuffle;
+mod stream;
+mod streaming;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use protocol::{
-    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode,
-    ShuffleSpec,
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
 use self::layout::Layout;
+pub use self::modes::ShuffleRead;
 use self::partition::FileBudget;
 pub use self::persist::RecoveryReport;
 pub use self::reader::PartitionReader;
 pub use self::shuffle::CommitOutcome;
 use self::shuffle::{Placement, ShuffleState};
+use self::stream::MemoryGauge;
+use self::streaming::StreamEnv;
+pub use self::streaming::{StreamBlock, StreamReader};
+pub use crate::budget::{Credit, MemoryBudget};
 use crate::{ChecksumSite, ServerError};
 
 /// Storage settings.
@@ -55,6 +70,17 @@ pub struct StoreConfig {
     /// meta did not reach the disk is discarded and one whose data did not
     /// reads as corrupt. Default: `true`.
     pub fsync_on_seal: bool,
+    /// The memory budget that pays for the blocks streaming shuffles hold
+    /// in memory. The server passes the budget its data plane uses, so one
+    /// limit covers everything buffered. Default: 256 MiB, unmetered.
+    pub memory_budget: MemoryBudget,
+    /// Hybrid-selective: a block not consumed within this time is spilled
+    /// to disk (hybrid-full: its memory copy is dropped). Default: 1 s.
+    pub spill_after: Duration,
+    /// Hybrid: a memory copy is kept only if this much credit stays free
+    /// afterwards (the server reserves its largest frame, so hybrid copies
+    /// never make a push wait). Default: 0.
+    pub stream_headroom: u64,
 }
 
 impl StoreConfig {
@@ -64,6 +90,9 @@ impl StoreConfig {
             data_dirs,
             max_open_files: 4096,
             fsync_on_seal: true,
+            memory_budget: MemoryBudget::unmetered(256 << 20),
+            spill_after: Duration::from_secs(1),
+            stream_headroom: 0,
         }
     }
 }
@@ -80,20 +109,34 @@ pub struct PushOutcome {
 /// The state of one shuffle.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ShuffleStatus {
+    /// Maps, partitions and mode.
     pub spec: ShuffleSpec,
+    /// Maps committed so far.
     pub committed_maps: u32,
+    /// Every map committed.
     pub sealed: bool,
-    /// Bytes in the shuffle's partition files (every attempt).
+    /// Bytes in the shuffle's partition files on disk (every attempt);
+    /// blocks held only in memory are not counted.
     pub stored_bytes: u64,
 }
 
 /// Counters since the store was opened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct StoreStats {
+    /// New blocks accepted (in memory or on disk).
     pub blocks_stored: u64,
+    /// Bytes of those blocks.
     pub bytes_stored: u64,
+    /// Duplicate blocks dropped.
     pub duplicates_dropped: u64,
+    /// Blocks that failed their CRC32C.
     pub checksum_mismatches: u64,
+    /// Bytes of streaming blocks held in memory now.
+    pub memory_bytes: u64,
+    /// The most bytes of streaming blocks ever held in memory at once.
+    pub peak_memory_bytes: u64,
+    /// Bytes hybrid shuffles wrote to disk (full and selective).
+    pub spilled_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +167,8 @@ pub struct Store {
     recovery: RecoveryReport,
     /// Bytes appended to partition files, per data dir, since opening.
     written_by_dir: Box<[AtomicU64]>,
+    /// Budget, memory gauge and spill counters of streaming shuffles.
+    env: StreamEnv,
 }
 
 impl Store {
@@ -148,6 +193,14 @@ impl Store {
             counters: Arc::default(),
             fsync_on_seal: config.fsync_on_seal,
             recovery,
+            env: StreamEnv {
+                budget: config.memory_budget,
+                gauge: Arc::new(MemoryGauge::default()),
+                headroom: config.stream_headroom,
+                spill_after: config.spill_after,
+                spilled_full: AtomicU64::new(0),
+                spilled_selective: AtomicU64::new(0),
+            },
         })
     }
 
@@ -169,9 +222,6 @@ impl Store {
         shuffle: ShuffleId,
         spec: ShuffleSpec,
     ) -> Result<(), ServerError> {
-        if spec.mode() != ShuffleMode::Blocking {
-            return Err(ServerError::UnsupportedMode { mode: spec.mode() });
-        }
         let key = (app.clone(), shuffle);
         let mut shuffles = self
             .shuffles
@@ -228,16 +278,34 @@ impl Store {
     /// The batch is validated whole first (ids, ranges, CRC32C of every
     /// payload); a bad batch stores nothing. Blocks already stored under the
     /// same (map, attempt, seq) are dropped and counted as duplicates.
+    ///
+    /// A pipelined push made here takes its memory credit with a
+    /// try-acquire and fails with [`ServerError::NoCredit`] when the budget
+    /// is full; callers that can wait use [`Store::push_credited`].
     pub fn push(
         &self,
         app: &AppId,
         shuffle: ShuffleId,
         blocks: &[Block],
     ) -> Result<PushOutcome, ServerError> {
+        self.push_credited(app, shuffle, blocks.to_vec(), None)
+    }
+
+    /// [`Store::push`], with `credit` paying for the blocks a pipelined
+    /// shuffle keeps in memory: each kept block takes its share, and holds
+    /// it until a reader takes the block (the rest is returned on drop).
+    /// Other modes ignore it (it is returned when dropped).
+    pub fn push_credited(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        blocks: Vec<Block>,
+        credit: Option<Credit>,
+    ) -> Result<PushOutcome, ServerError> {
         let state = self.shuffle(app, shuffle)?;
         state.check_live()?;
-        state.check_push(blocks)?;
-        for block in blocks {
+        state.check_push(&blocks)?;
+        for block in &blocks {
             if let Err(e) = block.verify() {
                 self.counters.checksum_mismatch();
                 return Err(match e {
@@ -255,8 +323,13 @@ impl Store {
                 });
             }
         }
+        if state.stream.is_some() {
+            return self.push_stream(&state, blocks, credit);
+        }
+        // Held until the blocks are on disk.
+        let _credit = credit;
         let mut outcome = PushOutcome::default();
-        for block in blocks {
+        for block in &blocks {
             if state.append(block, &self.files)? {
                 outcome.stored += 1;
                 let len = block.encoded_len() as u64;
@@ -422,6 +495,10 @@ impl Store {
             bytes_stored: c.bytes_stored.load(Ordering::Relaxed),
             duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
             checksum_mismatches: c.checksum_mismatches.load(Ordering::Relaxed),
+            memory_bytes: self.env.gauge.current(),
+            peak_memory_bytes: self.env.gauge.peak(),
+            spilled_bytes: self.env.spilled_full.load(Ordering::Relaxed)
+                + self.env.spilled_selective.load(Ordering::Relaxed),
         }
     }
 }

@@ -172,7 +172,13 @@ fn load_meta(dir: &Path, app: &AppId, shuffle: ShuffleId) -> Option<SealedMeta> 
     }
     let bytes = fs::read(path).ok()?;
     let meta = meta::decode(&mut Bytes::from(bytes)).ok()?;
-    let matches = meta.app == *app && meta.shuffle == shuffle && meta.spec.mode() == ShuffleMode::Blocking;
+    // Blocking and hybrid-full shuffles persist everything; the other modes
+    // never write a meta.
+    let persisted = matches!(
+        meta.spec.mode(),
+        ShuffleMode::Blocking | ShuffleMode::Hybrid(protocol::SpillStrategy::Full)
+    );
+    let matches = meta.app == *app && meta.shuffle == shuffle && persisted;
     matches.then_some(meta)
 }
 

@@ -125,33 +125,44 @@ impl PartitionReader {
             seq: planned.seq,
         };
         let start = planned.entry.offset as usize;
-        let mut slice = self.data.slice(start..start + planned.entry.len as usize);
-        let block = Block::decode(&mut slice)
-            .map_err(|e| self.corrupt(format!("block {expected} at offset {start}: {e}")))?;
-        if block.id() != expected {
-            return Err(self.corrupt(format!(
-                "offset {start} holds block {} instead of {expected}",
-                block.id()
-            )));
-        }
-        let actual = crc32c::crc32c(&block.payload);
-        if actual != planned.entry.crc || actual != block.header.crc {
-            self.counters.checksum_mismatch();
-            return Err(ServerError::ChecksumMismatch {
-                block: expected,
-                expected: planned.entry.crc,
-                actual,
-                site: ChecksumSite::Stored,
-            });
-        }
+        let slice = self.data.slice(start..start + planned.entry.len as usize);
+        let block = verify_block(slice, expected, planned.entry, &self.path, &self.counters)?;
         self.next += 1;
         Ok(Some(block))
     }
+}
 
-    fn corrupt(&self, reason: String) -> ServerError {
-        ServerError::CorruptFile {
-            path: self.path.clone(),
-            reason,
-        }
+/// Decodes the bytes of one stored block and checks them against the index:
+/// identity, the CRC recorded at write time, and the payload's CRC32C.
+pub(crate) fn verify_block(
+    mut data: Bytes,
+    expected: BlockId,
+    entry: IndexEntry,
+    path: &std::path::Path,
+    counters: &Counters,
+) -> Result<Block, ServerError> {
+    let corrupt = |reason: String| ServerError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let start = entry.offset;
+    let block =
+        Block::decode(&mut data).map_err(|e| corrupt(format!("block {expected} at offset {start}: {e}")))?;
+    if block.id() != expected {
+        return Err(corrupt(format!(
+            "offset {start} holds block {} instead of {expected}",
+            block.id()
+        )));
     }
+    let actual = crc32c::crc32c(&block.payload);
+    if actual != entry.crc || actual != block.header.crc {
+        counters.checksum_mismatch();
+        return Err(ServerError::ChecksumMismatch {
+            block: expected,
+            expected: entry.crc,
+            actual,
+            site: ChecksumSite::Stored,
+        });
+    }
+    Ok(block)
 }

@@ -14,13 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use protocol::{
-    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode,
+    ShuffleSpec,
 };
 
 use super::meta::{self, SealedMeta};
 use super::partition::{FileBudget, PartitionFile};
 use super::persist;
 use super::reader::PlannedBlock;
+use super::streaming::StreamPart;
 use crate::ServerError;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,7 +67,10 @@ pub(crate) struct ShuffleState {
     pub id: ShuffleId,
     pub spec: ShuffleSpec,
     placement: Placement,
-    partitions: Box<[Mutex<PartitionFile>]>,
+    pub(super) partitions: Box<[Mutex<PartitionFile>]>,
+    /// Streaming modes only: each partition's stream index. Lock order:
+    /// `commits`, then a stream part, then a partition file.
+    pub(super) stream: Option<Box<[StreamPart]>>,
     commits: Mutex<Commits>,
     sealed: AtomicBool,
     removed: AtomicBool,
@@ -84,6 +89,11 @@ impl ShuffleState {
             partitions: (0..spec.num_partitions())
                 .map(|p| Mutex::new(PartitionFile::new(path_of(PartitionId(p)))))
                 .collect(),
+            stream: (spec.mode() != ShuffleMode::Blocking).then(|| {
+                (0..spec.num_partitions())
+                    .map(|_| StreamPart::default())
+                    .collect()
+            }),
             commits: Mutex::new(Commits {
                 by_map: (0..spec.num_maps()).map(|_| None).collect(),
                 count: 0,
@@ -124,6 +134,9 @@ impl ShuffleState {
             spec: meta.spec,
             placement,
             partitions,
+            // A restored (sealed, hybrid-full or blocking) shuffle is read
+            // from disk only.
+            stream: None,
             commits: Mutex::new(Commits { by_map, count }),
             sealed: AtomicBool::new(true),
             removed: AtomicBool::new(false),
@@ -140,6 +153,17 @@ impl ShuffleState {
         // and writes nothing, so no meta outlives an unregistered shuffle.
         let _commits = lock(&self.commits);
         self.removed.store(true, Ordering::Release);
+        drop(_commits);
+        // Streaming blocks in memory are dropped (their credit returned) and
+        // live readers woken: they see the flag and fail `UnknownShuffle`.
+        for part in self.stream.iter().flat_map(|s| s.iter()) {
+            lock(&part.index).clear();
+            part.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub(crate) fn check_live(&self) -> Result<(), ServerError> {
@@ -238,7 +262,11 @@ impl ShuffleState {
             });
         }
         for &(partition, expected) in manifest.entries() {
-            let missing = lock(&self.partitions[partition.index()]).first_missing(map, attempt, expected);
+            // Streaming modes: blocks consumed (and dropped) count as arrived.
+            let missing = match &self.stream {
+                Some(parts) => lock(&parts[partition.index()].index).first_missing(map, attempt, expected),
+                None => lock(&self.partitions[partition.index()]).first_missing(map, attempt, expected),
+            };
             if let Some(missing_seq) = missing {
                 return Err(ServerError::MissingBlocks {
                     map,
@@ -249,10 +277,24 @@ impl ShuffleState {
                 });
             }
         }
+        let counts: Vec<u32> = match &self.stream {
+            Some(parts) => (0..parts.len() as u32)
+                .map(|p| manifest.count(PartitionId(p)))
+                .collect(),
+            None => Vec::new(),
+        };
         commits.by_map[map.index()] = Some(Committed { attempt, manifest });
         commits.count += 1;
         let sealed = commits.count == self.spec.num_maps();
-        if sealed {
+        // Pipelined and hybrid-selective shuffles are never restored after a
+        // restart (their data was in memory), so their seal writes no meta.
+        let persisted = matches!(
+            self.spec.mode(),
+            ShuffleMode::Blocking | ShuffleMode::Hybrid(protocol::SpillStrategy::Full)
+        );
+        if sealed && !persisted {
+            self.sealed.store(true, Ordering::Release);
+        } else if sealed {
             // A shuffle is sealed only once its meta is on disk: serving it
             // as sealed without one would break promise 5 (a restart would
             // silently drop a shuffle readers were already told is
@@ -266,7 +308,18 @@ impl ShuffleState {
                 return Err(e);
             }
             self.sealed.store(true, Ordering::Release);
-            drop(commits);
+        }
+        if let Some(parts) = &self.stream {
+            // Every partition learns the winner (readers end on it) and
+            // drops the losers' blocks, returning their memory. Still under
+            // `commits`, so a push of a losing attempt cannot slip in after.
+            for (part, count) in parts.iter().zip(counts) {
+                lock(&part.index).commit(map, attempt, count);
+                part.notify.notify_waiters();
+            }
+        }
+        drop(commits);
+        if sealed && persisted {
             // Nothing is appended after the seal: give the handles back.
             self.close_files(files);
         }

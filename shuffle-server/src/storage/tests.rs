@@ -1,8 +1,9 @@
 use super::*;
 use proptest::prelude::*;
-use protocol::{records, BlockId};
+use protocol::{records, BlockId, ShuffleMode};
 
 mod recovery;
+mod streaming;
 
 const SHUFFLE: ShuffleId = ShuffleId(7);
 
@@ -362,18 +363,6 @@ fn works_with_no_file_handles_kept_open() {
         read_all(&store, 2, MapRange::all(1)).expect("read"),
         ["m0a0p2s0", "m0a0p2s1", "m0a0p2s2"]
     );
-}
-
-#[test]
-fn non_blocking_modes_are_refused_until_built() {
-    let (_tmp, store) = store(1, 16);
-    let spec = ShuffleSpec::new(1, 1, ShuffleMode::Pipelined).expect("spec");
-    assert!(matches!(
-        store.register_shuffle(&app(), SHUFFLE, spec),
-        Err(ServerError::UnsupportedMode {
-            mode: ShuffleMode::Pipelined
-        })
-    ));
 }
 
 proptest! {

@@ -1,0 +1,420 @@
+//! Streaming shuffles (pipelined, hybrid-full, hybrid-selective) on top of
+//! the stream index: where each pushed block goes, the spill sweep, and
+//! [`StreamReader`], the reader that attaches any time after register.
+//!
+//! Backpressure and memory rules, each kept by the code beside it:
+//!
+//! * **Pipelined** blocks live in memory only and each holds budget credit
+//!   until a reader takes it: the credit the push paid (in the server, the
+//!   push frame's credit, split per block) or, when pushed without one,
+//!   credit taken now. A full budget therefore stops the next push frame in
+//!   `read_frame` (or the embedded writer's `acquire`): a slow reader slows
+//!   producers, without an error and without growing memory.
+//! * **Hybrid** blocks never make a producer wait on memory: a memory copy
+//!   is kept only if credit is free right now (`try_acquire`), and only
+//!   while `headroom` bytes stay free for incoming frames; otherwise the
+//!   block is on disk only. Copies live at most `spill_after`: the sweep
+//!   spills selective blocks and drops full copies (already on disk).
+//! * **Readers never take credit** for in-memory blocks: the block hands
+//!   its own credit over, and the caller drops it once the bytes are
+//!   written out. A reader that had to wait for credit while the budget is
+//!   full of the very blocks it would consume would deadlock.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::{AttemptId, Block, BlockId, MapId, MapRange, PartitionId, ShuffleMode, SpillStrategy};
+use tokio::sync::Notify;
+
+use super::partition::FileBudget;
+use super::reader::verify_block;
+use super::shuffle::{lock, ShuffleState};
+use super::stream::{Cursor, Held, MemoryGauge, Slot, Source, Step, StreamIndex};
+use super::Counters;
+use crate::budget::{Credit, MemoryBudget};
+use crate::ServerError;
+
+/// One partition's stream index and the readers waiting on it.
+#[derive(Debug, Default)]
+pub(crate) struct StreamPart {
+    pub index: Mutex<StreamIndex>,
+    /// Woken (all waiters) after every change a reader may care about.
+    pub notify: Notify,
+}
+
+/// What streaming pushes need from the store.
+#[derive(Debug)]
+pub(crate) struct StreamEnv {
+    pub budget: MemoryBudget,
+    pub gauge: Arc<MemoryGauge>,
+    /// Credit a hybrid copy must leave free (for incoming frames).
+    pub headroom: u64,
+    pub spill_after: Duration,
+    /// Bytes written to disk by hybrid-full and hybrid-selective shuffles.
+    pub spilled_full: AtomicU64,
+    pub spilled_selective: AtomicU64,
+}
+
+impl StreamEnv {
+    /// Credit for a hybrid memory copy, if free right now with headroom
+    /// left; never waits.
+    fn copy_credit(&self, bytes: u64) -> Option<Credit> {
+        let after = self.budget.in_use() + bytes + self.headroom;
+        if after > self.budget.limit() {
+            return None;
+        }
+        self.budget.try_acquire(u32::try_from(bytes).ok()?)
+    }
+
+    fn spilled(&self, mode: ShuffleMode, bytes: u64) {
+        match mode {
+            ShuffleMode::Hybrid(SpillStrategy::Full) => self.spilled_full.fetch_add(bytes, Ordering::Relaxed),
+            _ => self.spilled_selective.fetch_add(bytes, Ordering::Relaxed),
+        };
+    }
+}
+
+impl ShuffleState {
+    /// Stores checked blocks of a streaming shuffle; returns for each block
+    /// whether it was new and how many of its bytes went to disk.
+    /// `credit` (pipelined) pays for the blocks kept in memory.
+    pub(crate) fn push_streaming(
+        &self,
+        blocks: Vec<Block>,
+        mut credit: Option<Credit>,
+        env: &StreamEnv,
+        files: &FileBudget,
+    ) -> Result<Vec<(bool, u64)>, ServerError> {
+        let Some(parts) = &self.stream else {
+            return Err(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            });
+        };
+        let mode = self.spec.mode();
+        if mode == ShuffleMode::Pipelined {
+            // Every block kept must be paid for before any is stored, so a
+            // push without enough credit stores nothing.
+            let needed: u64 = blocks.iter().map(|b| b.encoded_len() as u64).sum();
+            let held = credit.as_ref().map_or(0, |c| u64::from(c.bytes()));
+            if held < needed {
+                let more = u32::try_from(needed - held).unwrap_or(u32::MAX);
+                let extra = env
+                    .budget
+                    .try_acquire(more)
+                    .ok_or(ServerError::NoCredit { bytes: needed })?;
+                match &mut credit {
+                    Some(c) => c.merge(extra),
+                    None => credit = Some(extra),
+                }
+            }
+            return self.push_pipelined(blocks, credit, env);
+        }
+        let mut out = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let id = block.id();
+            let len = block.encoded_len() as u64;
+            let part = &parts[id.partition.index()];
+            let mut index = lock(&part.index);
+            self.check_stream_push(&index, id.map, id.attempt)?;
+            if index.contains(id.map, id.attempt, id.seq) {
+                out.push((false, 0));
+                continue;
+            }
+            let full = mode == ShuffleMode::Hybrid(SpillStrategy::Full);
+            let copy = env.copy_credit(len);
+            let slot = match (full, copy) {
+                (true, copy) => {
+                    lock(&self.partitions[id.partition.index()]).append(&block, files)?;
+                    env.spilled(mode, len);
+                    out.push((true, len));
+                    match copy {
+                        Some(c) => Slot::Memory(Box::new(Held::new(
+                            block,
+                            Some(c),
+                            Instant::now(),
+                            true,
+                            env.gauge.clone(),
+                        ))),
+                        None => Slot::Disk,
+                    }
+                }
+                (false, Some(c)) => {
+                    out.push((true, 0));
+                    Slot::Memory(Box::new(Held::new(
+                        block,
+                        Some(c),
+                        Instant::now(),
+                        false,
+                        env.gauge.clone(),
+                    )))
+                }
+                (false, None) => {
+                    lock(&self.partitions[id.partition.index()]).append(&block, files)?;
+                    env.spilled(mode, len);
+                    out.push((true, len));
+                    Slot::Disk
+                }
+            };
+            index.insert(id.map, id.attempt, id.seq, slot);
+            drop(index);
+            part.notify.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    fn push_pipelined(
+        &self,
+        blocks: Vec<Block>,
+        mut credit: Option<Credit>,
+        env: &StreamEnv,
+    ) -> Result<Vec<(bool, u64)>, ServerError> {
+        let Some(parts) = &self.stream else {
+            return Err(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            });
+        };
+        let mut out = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let id = block.id();
+            let part = &parts[id.partition.index()];
+            let mut index = lock(&part.index);
+            self.check_stream_push(&index, id.map, id.attempt)?;
+            if index.contains(id.map, id.attempt, id.seq) {
+                out.push((false, 0));
+                continue;
+            }
+            // The block keeps its share of the push's credit until a
+            // reader takes it (backpressure rule of pipelined mode).
+            let len = u32::try_from(block.encoded_len()).unwrap_or(u32::MAX);
+            let share = credit.as_mut().map(|c| c.split_off(len));
+            let held = Held::new(block, share, Instant::now(), false, env.gauge.clone());
+            index.insert(id.map, id.attempt, id.seq, Slot::Memory(Box::new(held)));
+            drop(index);
+            part.notify.notify_waiters();
+            out.push((true, 0));
+        }
+        Ok(out)
+    }
+
+    /// A push racing a commit of another attempt is refused here, under the
+    /// stream lock the commit takes too: no loser's block is kept after the
+    /// winner committed.
+    fn check_stream_push(
+        &self,
+        index: &StreamIndex,
+        map: MapId,
+        attempt: AttemptId,
+    ) -> Result<(), ServerError> {
+        if self.is_removed() {
+            return Err(ServerError::UnknownShuffle {
+                app: self.app.clone(),
+                shuffle: self.id,
+            });
+        }
+        match index.committed(map) {
+            Some(committed) if committed != attempt => Err(ServerError::AttemptSuperseded {
+                map,
+                committed,
+                attempt,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Spills selective blocks and drops full copies older than
+    /// `spill_after`; returns the bytes written.
+    pub(crate) fn sweep(
+        &self,
+        now: Instant,
+        env: &StreamEnv,
+        files: &FileBudget,
+    ) -> Result<u64, ServerError> {
+        let Some(parts) = &self.stream else { return Ok(0) };
+        if self.spec.mode() == ShuffleMode::Pipelined || self.is_removed() {
+            return Ok(0);
+        }
+        let Some(cutoff) = now.checked_sub(env.spill_after) else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        for (p, part) in parts.iter().enumerate() {
+            let mut index = lock(&part.index);
+            let expired = index.expired(cutoff);
+            if expired.is_empty() {
+                continue;
+            }
+            for (map, attempt, seq, on_disk) in expired {
+                if !on_disk {
+                    let Some(block) = index.memory_block(map, attempt, seq) else {
+                        continue;
+                    };
+                    let len = block.encoded_len() as u64;
+                    lock(&self.partitions[p]).append(block, files)?;
+                    env.spilled(self.spec.mode(), len);
+                    written += len;
+                }
+                index.mark_on_disk(map, attempt, seq);
+            }
+            drop(index);
+            part.notify.notify_waiters();
+        }
+        Ok(written)
+    }
+}
+
+/// A block handed out by a [`StreamReader`], with the budget credit that
+/// paid for it in memory (drop it once the block is written out).
+#[derive(Debug)]
+pub struct StreamBlock {
+    pub block: Block,
+    pub credit: Option<Credit>,
+}
+
+/// Reads one partition of a streaming shuffle while producers still push:
+/// per map, the blocks of one attempt in seq order (see `stream.rs`), from
+/// memory or from the partition file; ends once every map in range
+/// committed and was delivered.
+#[derive(Debug)]
+pub struct StreamReader {
+    state: Arc<ShuffleState>,
+    partition: PartitionId,
+    cursor: Cursor,
+    file: Option<File>,
+    counters: Arc<Counters>,
+}
+
+impl StreamReader {
+    pub(crate) fn open(
+        state: Arc<ShuffleState>,
+        partition: PartitionId,
+        maps: MapRange,
+        counters: Arc<Counters>,
+    ) -> Result<Self, ServerError> {
+        let part = state.stream_part(partition)?;
+        lock(&part.index).check_open(partition, maps)?;
+        Ok(StreamReader {
+            cursor: Cursor::new(maps),
+            state,
+            partition,
+            file: None,
+            counters,
+        })
+    }
+
+    /// Blocks delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.cursor.delivered()
+    }
+
+    /// The next block if one is deliverable now; `Ready(None)` at the end.
+    pub fn try_next(&mut self) -> Result<Poll<Option<StreamBlock>>, ServerError> {
+        let state = self.state.clone();
+        let part = state.stream_part(self.partition)?;
+        let step = {
+            let mut index = lock(&part.index);
+            if state.is_removed() {
+                return Err(ServerError::UnknownShuffle {
+                    app: state.app.clone(),
+                    shuffle: state.id,
+                });
+            }
+            index.next(self.partition, &mut self.cursor)?
+        };
+        match step {
+            Step::End => Ok(Poll::Ready(None)),
+            Step::Wait => Ok(Poll::Pending),
+            Step::Deliver {
+                map,
+                attempt,
+                seq,
+                source,
+            } => {
+                let block = match source {
+                    Source::Memory(block, credit) => {
+                        // Other readers of the map may now find it gone.
+                        part.notify.notify_waiters();
+                        return Ok(Poll::Ready(Some(StreamBlock { block, credit })));
+                    }
+                    Source::Disk => self.read_disk(map, attempt, seq)?,
+                };
+                Ok(Poll::Ready(Some(StreamBlock { block, credit: None })))
+            }
+        }
+    }
+
+    /// The next block, waiting for producers as long as needed; `None` at
+    /// the end. Cancel-safe: it only waits between steps.
+    pub async fn next_block(&mut self) -> Result<Option<StreamBlock>, ServerError> {
+        let state = self.state.clone();
+        let part = state.stream_part(self.partition)?;
+        loop {
+            let notified = part.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a change in between wakes us.
+            notified.as_mut().enable();
+            if let Poll::Ready(next) = self.try_next()? {
+                return Ok(next);
+            }
+            notified.await;
+        }
+    }
+
+    fn read_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) -> Result<Block, ServerError> {
+        let (path, entry) = {
+            let file = lock(&self.state.partitions[self.partition.index()]);
+            let entry = file
+                .lookup(map, attempt, seq)
+                .ok_or_else(|| ServerError::CorruptFile {
+                    path: file.path().to_path_buf(),
+                    reason: format!("index lost {map} {attempt} seq {seq}"),
+                })?;
+            (file.path().to_path_buf(), entry)
+        };
+        if self.file.is_none() {
+            self.file = Some(File::open(&path).map_err(ServerError::io("open", &path))?);
+        }
+        let Some(file) = &self.file else {
+            return Err(ServerError::io("open", &path)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        };
+        // The file still grows while it is read: a positioned read of the
+        // indexed range, not an mmap of a length fixed at open.
+        let mut buf = vec![0u8; entry.len as usize];
+        file.read_exact_at(&mut buf, entry.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ServerError::CorruptFile {
+                    path: path.clone(),
+                    reason: format!("file ends before block {map} {attempt} seq {seq}"),
+                }
+            } else {
+                ServerError::io("read", &path)(e)
+            }
+        })?;
+        let expected = BlockId {
+            shuffle: self.state.id,
+            map,
+            attempt,
+            partition: self.partition,
+            seq,
+        };
+        verify_block(Bytes::from(buf), expected, entry, &path, &self.counters)
+    }
+}
+
+impl ShuffleState {
+    pub(crate) fn stream_part(&self, partition: PartitionId) -> Result<&StreamPart, ServerError> {
+        self.check_partition(partition)?;
+        self.stream
+            .as_ref()
+            .and_then(|s| s.get(partition.index()))
+            .ok_or(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            })
+    }
+}
