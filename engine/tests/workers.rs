@@ -128,7 +128,7 @@ fn start_with_workers(args: &[&str]) -> (Child, BufReader<std::process::ChildStd
 }
 
 fn kill_a_worker_mid_job(mode: &str) {
-    let (mut child, mut stderr, pids) = start_with_workers(&[
+    let (child, mut stderr, pids) = start_with_workers(&[
         "run", "terasort", "--size", "24MB", "--maps", "8", "--partitions", "4", "--workers", "2", "--slots", "1",
         "--mode", mode, "--json", "--max-attempts", "4",
     ]);

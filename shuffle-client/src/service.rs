@@ -18,10 +18,18 @@ pub struct ServedShuffle {
 
 impl ServedShuffle {
     /// Starts a server storing under `data_dirs`, holding at most
-    /// `memory_budget` bytes of buffered data.
-    pub async fn start(data_dirs: Vec<PathBuf>, memory_budget: u64) -> Result<Self, ClientError> {
+    /// `memory_budget` bytes of buffered data, spilling hybrid-selective
+    /// blocks not read within `spill_after`.
+    pub async fn start(
+        data_dirs: Vec<PathBuf>,
+        memory_budget: u64,
+        spill_after: std::time::Duration,
+    ) -> Result<Self, ClientError> {
         let mut config = ServerConfig::new(data_dirs);
         config.memory_budget = memory_budget;
+        config.spill_after = spill_after;
+        // Job data is transient: a crash loses the job anyway.
+        config.fsync_on_seal = false;
         let server = LocalServer::start(config).await?;
         Ok(ServedShuffle { server })
     }

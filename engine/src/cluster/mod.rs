@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shuffle_client::protocol::{AppId, ShuffleMode};
+use shuffle_client::embedded::{MemoryBudget, StoreConfig};
 use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
 use tokio::sync::mpsc;
 
@@ -115,15 +116,30 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
         }
     };
     match (&config.service, &config.executors) {
-        (ServiceChoice::Embedded { memory_budget, .. }, Executors::InProcess { slots }) => {
-            let client = Arc::new(SlowReads::new(embedded_store(data_dir, *memory_budget)?, config.read_delay));
+        (
+            ServiceChoice::Embedded {
+                memory_budget,
+                spill_after,
+                ..
+            },
+            Executors::InProcess { slots },
+        ) => {
+            let store = embedded_store(data_dir, *memory_budget, *spill_after)?;
+            let client = Arc::new(SlowReads::new(store, config.read_delay));
             let (tx, rx) = mpsc::unbounded_channel();
             let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
             let workers = vec![WorkerSlots::new((*slots).max(1))];
             drive(&job, client, app, config, exec, rx, workers, "embedded".into(), 0.0).await
         }
-        (ServiceChoice::Embedded { memory_budget, .. }, Executors::Workers { .. }) => {
-            let served = ServedShuffle::start(vec![data_dir], *memory_budget).await?;
+        (
+            ServiceChoice::Embedded {
+                memory_budget,
+                spill_after,
+                ..
+            },
+            Executors::Workers { .. },
+        ) => {
+            let served = ServedShuffle::start(vec![data_dir], *memory_budget, *spill_after).await?;
             let spec_ = ServiceSpec {
                 urls: vec![served.tcp_url()],
                 quic_pins: Vec::new(),
@@ -150,8 +166,12 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
     }
 }
 
-fn embedded_store(data_dir: PathBuf, memory_budget: u64) -> Result<EmbeddedShuffle, EngineError> {
-    let store = shuffle_server::storage::StoreConfig::new(vec![data_dir]); let _ = memory_budget;
+fn embedded_store(data_dir: PathBuf, memory_budget: u64, spill_after: Duration) -> Result<EmbeddedShuffle, EngineError> {
+    let mut store = StoreConfig::new(vec![data_dir]);
+    store.memory_budget = MemoryBudget::unmetered(memory_budget);
+    store.spill_after = spill_after;
+    // Job data is transient: a crash loses the job anyway.
+    store.fsync_on_seal = false;
 
     Ok(EmbeddedShuffle::with_config(store)?)
 }
