@@ -102,6 +102,15 @@ pub struct TaskCounters {
     pub bytes_written: AtomicU64,
 }
 
+impl TaskCounters {
+    /// Back to zero (the task runs again).
+    pub fn reset(&self) {
+        for c in [&self.records_in, &self.records_out, &self.bytes_read, &self.bytes_written] {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a finished task reports.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TaskOutput {

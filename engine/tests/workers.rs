@@ -30,10 +30,16 @@ fn report(out: &Output) -> Value {
 }
 
 fn terasort(mode: &str, extra: &[&str]) -> Value {
+    sized_terasort("4MB", mode, extra)
+}
+
+fn sized_terasort(size: &str, mode: &str, extra: &[&str]) -> Value {
     let mut args = vec![
-        "run", "terasort", "--size", "4MB", "--maps", "4", "--partitions", "4", "--workers", "2", "--mode", mode,
-        "--json", "--quiet",
+        "run", "terasort", "--size", size, "--workers", "2", "--mode", mode, "--json", "--quiet",
     ];
+    if !extra.contains(&"--maps") {
+        args.extend_from_slice(&["--maps", "4", "--partitions", "4"]);
+    }
     args.extend_from_slice(extra);
     report(&engine(&args))
 }
@@ -60,9 +66,10 @@ fn terasort_is_correct_in_every_mode_on_two_workers() {
 #[test]
 fn pipelined_reducers_receive_data_before_the_last_map_finishes() {
     // Large enough maps that they run for a while after their first block.
-    let r = terasort(
+    let r = sized_terasort(
+        "48MB",
         "pipelined",
-        &["--size", "48MB", "--maps", "2", "--partitions", "2", "--block-size", "64KiB", "--progress-ms", "10"],
+        &["--maps", "2", "--partitions", "2", "--block-size", "64KiB", "--progress-ms", "10"],
     );
     assert_eq!(r["valid"], true, "{r}");
     let stages = r["stages"].as_array().expect("stages");
@@ -80,7 +87,11 @@ fn hybrid_selective_spills_nothing_with_ample_memory_and_completes_with_little()
     assert_eq!(ample["valid"], true, "{ample}");
     assert_eq!(ample["spilled_bytes"], 0, "ample memory: nothing on disk: {ample}");
 
-    let tiny = terasort("hybrid-selective", &["--memory-budget", "64KiB", "--block-size", "16KiB"]);
+    let tiny = sized_terasort(
+        "16MB",
+        "hybrid-selective",
+        &["--memory-budget", "2MiB", "--block-size", "16KiB"],
+    );
     assert_eq!(tiny["valid"], true, "{tiny}");
     assert!(
         tiny["spilled_bytes"].as_u64().is_some_and(|b| b > 0),
@@ -200,7 +211,8 @@ async fn pipelined_backpressure_keeps_server_memory_within_budget_with_a_slow_re
     use shuffle_server::config::ServerConfig;
     let tmp = tempfile::tempdir().expect("tmp");
     let mut config = ServerConfig::new(vec![tmp.path().to_path_buf()]);
-    config.memory_budget = 4 << 20;
+    config.memory_budget = 8 << 20;
+    config.max_frame_len = 8 << 20;
     config.fsync_on_seal = false;
     let server = shuffle_server::LocalServer::start(config).await.expect("server");
     let url = server.tcp_url();
@@ -222,8 +234,8 @@ async fn pipelined_backpressure_keeps_server_memory_within_budget_with_a_slow_re
     };
     let out = tokio::task::spawn_blocking(move || {
         engine(&[
-            "run", "terasort", "--size", "24MB", "--maps", "3", "--partitions", "2", "--workers", "2", "--mode",
-            "pipelined", "--shuffle-servers", &url, "--block-size", "64KiB", "--slow-reads", "2ms", "--json",
+            "run", "terasort", "--size", "32MB", "--maps", "3", "--partitions", "2", "--workers", "2", "--mode",
+            "pipelined", "--shuffle-servers", &url, "--block-size", "64KiB", "--no-compress", "--slow-reads", "20ms", "--json",
             "--quiet",
         ])
     })
@@ -233,12 +245,12 @@ async fn pipelined_backpressure_keeps_server_memory_within_budget_with_a_slow_re
     let (peak, limit, waited) = sampler.join().expect("sampler");
     let r = report(&out);
     assert_eq!(r["valid"], true, "{r}");
-    assert_eq!(limit, f64::from(4u32 << 20));
+    assert_eq!(limit, f64::from(8u32 << 20));
     assert!(peak > 0.0, "the sampler saw buffered data");
     assert!(peak <= limit, "buffered {peak} bytes, budget {limit}");
     assert!(
         waited.is_some_and(|w| w > 0.0),
-        "producers waited for credit: {waited:?}"
+        "producers waited for credit: {waited:?} (peak {peak}): {}", String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         r["shuffle_bytes_written"].as_f64().is_some_and(|b| b > limit),

@@ -73,7 +73,7 @@ impl<C: ShuffleClient> Executor for LocalExecutor<C> {
         let handles = handles.to_vec();
         let options = self.writer_options;
         let task = tokio::spawn(async move {
-            let result = run_one(&job, &*client, key, &handles, options, &c2).await;
+            let result = run_one(&job, &client, key, &handles, options, &c2).await;
             let _ = events.send(match result {
                 Ok(output) => Event::Finished { key, output },
                 Err(e) => Event::Failed {

@@ -11,7 +11,7 @@ mod executor;
 mod pool;
 mod scheduler;
 pub mod service;
-pub mod slow;
+pub mod clients;
 pub mod wire;
 pub mod worker;
 
@@ -28,7 +28,7 @@ pub use self::pool::WorkerSource;
 pub use self::scheduler::SchedulePolicy;
 use self::executor::{LocalExecutor, RemoteExecutor};
 use self::scheduler::{ScheduleOutcome, Scheduler, WorkerSlots};
-use self::slow::SlowReads;
+use self::clients::SlowReads;
 use self::wire::{CoordinatorMsg, ServiceSpec};
 use crate::jobs::{JobSpec, Registry};
 use crate::plan::Job;
@@ -86,6 +86,19 @@ pub struct RunConfig {
 /// Builds the job of `spec`, runs it, validates its output and releases
 /// its shuffles.
 pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> Result<JobReport, EngineError> {
+    if let ServiceChoice::Embedded { memory_budget, .. } = &config.service {
+        let block = config.writer_options.block_size as u64;
+        if *memory_budget < (2 << 20).max(4 * block) {
+            return Err(EngineError::InvalidArgument {
+                what: "memory_budget",
+                reason: format!(
+                    "{} is too small: the embedded service needs at least 2 MiB and four blocks ({} each)",
+                    crate::units::human_bytes(*memory_budget),
+                    crate::units::human_bytes(block)
+                ),
+            });
+        }
+    }
     if config.max_attempts == 0 {
         return Err(EngineError::InvalidArgument {
             what: "max_attempts",
@@ -144,6 +157,7 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
                 urls: vec![served.tcp_url()],
                 quic_pins: Vec::new(),
                 quic_ca: None,
+                push_batch_bytes: Some(ServedShuffle::push_batch_bytes(*memory_budget)),
             };
             let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
             if let Err(e) = served.shutdown().await {

@@ -40,9 +40,12 @@ pub async fn connect_remote(spec: &ServiceSpec) -> Result<RemoteShuffle, EngineE
             reason: "a worker process needs shuffle server URLs".into(),
         });
     }
-    let options = RemoteOptions {
+    let mut options = RemoteOptions {
         quic_trust: quic_trust(spec)?,
         ..RemoteOptions::default()
     };
+    if let Some(bytes) = spec.push_batch_bytes {
+        options.push_batch_bytes = bytes;
+    }
     Ok(RemoteShuffle::connect_str(&spec.urls.join(","), options).await?)
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::service::connect_remote;
-use super::slow::SlowReads;
+use super::clients::{DryWrites, SlowReads};
 use super::wire::{self, CoordinatorMsg, Counts, FailureClass, TaskFailure, TaskKey, WorkerMsg};
 use crate::jobs::Registry;
 use crate::plan::{Job, TaskContext, TaskCounters, TaskOutput};
@@ -189,7 +189,7 @@ fn start_task(
     // finds it.
     let mut map = lock(running);
     let handle = tokio::spawn(async move {
-        let result = run_one(&job, &*client, key, &handles, writer_options, &c2).await;
+        let result = run_one(&job, &client, key, &handles, writer_options, &c2).await;
         // Gone from the table = cancelled: report nothing.
         if lock(&running2).remove(&key).is_none() {
             return;
@@ -218,7 +218,7 @@ fn start_task(
 /// and in process.
 pub async fn run_one<C: shuffle_client::ShuffleClient>(
     job: &Job,
-    client: &C,
+    client: &Arc<C>,
     key: TaskKey,
     handles: &[ShuffleHandle],
     writer_options: WriterOptions,
@@ -243,24 +243,37 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
             ),
         });
     }
-    let result = job
-        .run_task(TaskContext {
-            client,
-            stage: key.stage,
-            task: key.task,
-            attempt: AttemptId(key.attempt),
-            handles,
-            writer_options,
-            counters,
-        })
-        .await;
-    match result {
+    let ctx = TaskContext {
+        client: &**client,
+        stage: key.stage,
+        task: key.task,
+        attempt: AttemptId(key.attempt),
+        handles,
+        writer_options,
+        counters,
+    };
+    match job.run_task(ctx).await {
         // A retried producer whose map an earlier attempt already committed
         // (its worker died after the commit, before it could say so): the
-        // map's output exists, so this task has nothing left to do.
+        // map's output is stored. Tasks are deterministic, so running it
+        // again with writes counted but dropped gives the summary the lost
+        // attempt would have reported, without touching the stored output.
         Err(EngineError::Shuffle(
             ClientError::AttemptSuperseded { .. } | ClientError::CommitConflict { .. },
-        )) if !stage.outputs.is_empty() => Ok(TaskOutput::default()),
+        )) if !stage.outputs.is_empty() => {
+            counters.reset();
+            let dry = DryWrites::new(client.clone());
+            let ctx = TaskContext {
+                client: &dry,
+                stage: key.stage,
+                task: key.task,
+                attempt: AttemptId(key.attempt),
+                handles,
+                writer_options,
+                counters,
+            };
+            job.run_task(ctx).await
+        }
         other => other,
     }
 }
