@@ -65,6 +65,13 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// The shuffle servers could not be reached.
+    #[error("connecting to the shuffle servers {urls}: {source}")]
+    ServiceUnreachable {
+        urls: String,
+        #[source]
+        source: ClientError,
+    },
     /// A coordinator or worker sent something that is not the protocol.
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },

@@ -35,6 +35,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a job: a built-in one by name, or one described in a TOML job
@@ -94,9 +96,12 @@ enum JobCmd {
         /// Reduce partitions.
         #[arg(long)]
         partitions: Option<u32>,
-        /// Map tasks.
+        /// Map tasks. Default: one per `--split-size` of input.
         #[arg(long)]
         maps: Option<u32>,
+        /// Bytes of input per map task. Default: 32MiB.
+        #[arg(long, value_parser = parse_size)]
+        split_size: Option<u64>,
         /// Folder for the result files (word<TAB>count, sorted).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -238,10 +243,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once (many messages already
+/// include their source).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }
 
 fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -291,12 +312,14 @@ fn job_from_cmd(job: JobCmd) -> (JobSpec, CommonArgs) {
             input,
             partitions,
             maps,
+            split_size,
             output,
             common,
         } => {
             put("inputs", Some(json!(input)));
             put("partitions", partitions.map(Value::from));
             put("maps", maps.map(Value::from));
+            put("split_size", split_size.map(Value::from));
             put("output", output.map(|o| json!(o)));
             ("wordcount", common)
         }
@@ -364,7 +387,23 @@ fn run(job: Option<JobCmd>, job_file: Option<PathBuf>, flags: CommonArgs) -> Res
     let config = settings(&flags, &file)?;
     let json_out = flags.json;
     let registry = Registry::builtin();
-    let report = runtime(None)?.block_on(run_job(&registry, spec, &config))?;
+    let baseline = (spec.name == "terasort").then(|| spec.clone());
+    let mut report = runtime(None)?.block_on(run_job(&registry, spec, &config))?;
+    if let Some(spec) = baseline {
+        // This machine's own baseline, measured in the same run: making the
+        // data alone, on all CPUs, without shuffling it.
+        let params: engine::jobs::terasort::TerasortParams =
+            engine::jobs::parse_params(&spec.name, &spec.params)?;
+        let config = engine::jobs::terasort::TerasortConfig {
+            size_bytes: params.size,
+            maps: params.maps,
+            partitions: params.partitions,
+            seed: params.seed,
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (_, seconds) = engine::jobs::terasort::generate_only(&config, cpus);
+        report.extra.insert("generate_seconds".into(), json!(seconds));
+    }
     print_report(&report, json_out)?;
     Ok(report.valid)
 }
@@ -397,7 +436,9 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
     };
     let spill_after = match (flags.spill_after, &file.spill_after) {
         (Some(d), _) => d,
-        (None, Some(text)) => parse_duration(text).map_err(|e| anyhow::anyhow!("job file `spill_after`: {e}"))?,
+        (None, Some(text)) => {
+            parse_duration(text).map_err(|e| anyhow::anyhow!("job file `spill_after`: {e}"))?
+        }
         (None, None) => Duration::from_secs(1),
     };
     let compress = !flags.no_compress && file.compress.unwrap_or(true);
@@ -500,6 +541,9 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
     }
     for p in &report.problems {
         println!("  problem: {p}");
+    }
+    if let Some(g) = report.extra.get("generate_seconds").and_then(Value::as_f64) {
+        println!("  data generation alone (baseline, same run): {g:.2}s");
     }
     if !report.extra.is_empty() {
         let extra: Vec<String> = report.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -105,7 +105,12 @@ pub struct TaskCounters {
 impl TaskCounters {
     /// Back to zero (the task runs again).
     pub fn reset(&self) {
-        for c in [&self.records_in, &self.records_out, &self.bytes_read, &self.bytes_written] {
+        for c in [
+            &self.records_in,
+            &self.records_out,
+            &self.bytes_read,
+            &self.bytes_written,
+        ] {
             c.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -17,7 +17,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m)"
+            ))
+        }
     };
     std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
 }

@@ -35,7 +35,16 @@ fn terasort(mode: &str, extra: &[&str]) -> Value {
 
 fn sized_terasort(size: &str, mode: &str, extra: &[&str]) -> Value {
     let mut args = vec![
-        "run", "terasort", "--size", size, "--workers", "2", "--mode", mode, "--json", "--quiet",
+        "run",
+        "terasort",
+        "--size",
+        size,
+        "--workers",
+        "2",
+        "--mode",
+        mode,
+        "--json",
+        "--quiet",
     ];
     if !extra.contains(&"--maps") {
         args.extend_from_slice(&["--maps", "4", "--partitions", "4"]);
@@ -69,7 +78,16 @@ fn pipelined_reducers_receive_data_before_the_last_map_finishes() {
     let r = sized_terasort(
         "48MB",
         "pipelined",
-        &["--maps", "2", "--partitions", "2", "--block-size", "64KiB", "--progress-ms", "10"],
+        &[
+            "--maps",
+            "2",
+            "--partitions",
+            "2",
+            "--block-size",
+            "64KiB",
+            "--progress-ms",
+            "10",
+        ],
     );
     assert_eq!(r["valid"], true, "{r}");
     let stages = r["stages"].as_array().expect("stages");
@@ -83,9 +101,15 @@ fn pipelined_reducers_receive_data_before_the_last_map_finishes() {
 
 #[test]
 fn hybrid_selective_spills_nothing_with_ample_memory_and_completes_with_little() {
-    let ample = terasort("hybrid-selective", &["--memory-budget", "512MiB", "--spill-after", "60s"]);
+    let ample = terasort(
+        "hybrid-selective",
+        &["--memory-budget", "512MiB", "--spill-after", "60s"],
+    );
     assert_eq!(ample["valid"], true, "{ample}");
-    assert_eq!(ample["spilled_bytes"], 0, "ample memory: nothing on disk: {ample}");
+    assert_eq!(
+        ample["spilled_bytes"], 0,
+        "ample memory: nothing on disk: {ample}"
+    );
 
     let tiny = sized_terasort(
         "16MB",
@@ -103,8 +127,21 @@ fn hybrid_selective_spills_nothing_with_ample_memory_and_completes_with_little()
 fn pipelined_with_too_few_slots_fails_early_with_a_clear_message() {
     let started = Instant::now();
     let out = engine(&[
-        "run", "terasort", "--size", "1MB", "--maps", "4", "--partitions", "4", "--workers", "2", "--slots", "2",
-        "--mode", "pipelined", "--quiet",
+        "run",
+        "terasort",
+        "--size",
+        "1MB",
+        "--maps",
+        "4",
+        "--partitions",
+        "4",
+        "--workers",
+        "2",
+        "--slots",
+        "2",
+        "--mode",
+        "pipelined",
+        "--quiet",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -140,8 +177,23 @@ fn start_with_workers(args: &[&str]) -> (Child, BufReader<std::process::ChildStd
 
 fn kill_a_worker_mid_job(mode: &str) {
     let (child, mut stderr, pids) = start_with_workers(&[
-        "run", "terasort", "--size", "24MB", "--maps", "8", "--partitions", "4", "--workers", "2", "--slots", "1",
-        "--mode", mode, "--json", "--max-attempts", "4",
+        "run",
+        "terasort",
+        "--size",
+        "24MB",
+        "--maps",
+        "8",
+        "--partitions",
+        "4",
+        "--workers",
+        "2",
+        "--slots",
+        "1",
+        "--mode",
+        mode,
+        "--json",
+        "--max-attempts",
+        "4",
     ]);
     // Wait until some maps finished and others run, then kill -9 one worker.
     let mut seen = String::new();
@@ -174,7 +226,10 @@ fn kill_a_worker_mid_job(mode: &str) {
     });
     assert_eq!(r["valid"], true, "{mode}: {r}\n{err}");
     assert_eq!(r["records_out"], 240_000, "{mode}");
-    assert!(err.contains("worker 1 lost"), "{mode}: the loss was noticed: {err}");
+    assert!(
+        err.contains("worker 1 lost"),
+        "{mode}: the loss was noticed: {err}"
+    );
 }
 
 #[test]
@@ -229,13 +284,35 @@ async fn pipelined_backpressure_keeps_server_memory_within_budget_with_a_slow_re
                 limit = metric(&text, "rss_buffer_limit_bytes").unwrap_or(limit);
                 std::thread::sleep(Duration::from_millis(5));
             }
-            (peak, limit, metric(&scrape(http), "rss_backpressure_seconds_total"))
+            (
+                peak,
+                limit,
+                metric(&scrape(http), "rss_backpressure_seconds_total"),
+            )
         })
     };
     let out = tokio::task::spawn_blocking(move || {
         engine(&[
-            "run", "terasort", "--size", "32MB", "--maps", "3", "--partitions", "2", "--workers", "2", "--mode",
-            "pipelined", "--shuffle-servers", &url, "--block-size", "64KiB", "--no-compress", "--slow-reads", "20ms", "--json",
+            "run",
+            "terasort",
+            "--size",
+            "32MB",
+            "--maps",
+            "3",
+            "--partitions",
+            "2",
+            "--workers",
+            "2",
+            "--mode",
+            "pipelined",
+            "--shuffle-servers",
+            &url,
+            "--block-size",
+            "64KiB",
+            "--no-compress",
+            "--slow-reads",
+            "20ms",
+            "--json",
             "--quiet",
         ])
     })
@@ -250,7 +327,8 @@ async fn pipelined_backpressure_keeps_server_memory_within_budget_with_a_slow_re
     assert!(peak <= limit, "buffered {peak} bytes, budget {limit}");
     assert!(
         waited.is_some_and(|w| w > 0.0),
-        "producers waited for credit: {waited:?} (peak {peak}): {}", String::from_utf8_lossy(&out.stderr)
+        "producers waited for credit: {waited:?} (peak {peak}): {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         r["shuffle_bytes_written"].as_f64().is_some_and(|b| b > limit),

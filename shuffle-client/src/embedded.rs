@@ -19,9 +19,9 @@ use protocol::ShuffleMode;
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
-use shuffle_server::storage::{ShuffleRead, Store, StoreStats};
 /// The store's settings and its memory budget, for [`EmbeddedShuffle::with_config`].
 pub use shuffle_server::storage::{MemoryBudget, StoreConfig};
+use shuffle_server::storage::{ShuffleRead, Store, StoreStats};
 
 use crate::batching::Batcher;
 use crate::client::Placement;

@@ -41,7 +41,9 @@ impl ServedShuffle {
     /// Bytes a client may send in one push so that its frames fit this
     /// server's frame limit (a quarter of the memory budget, at most 4 MiB).
     pub fn push_batch_bytes(memory_budget: u64) -> usize {
-        usize::try_from(memory_budget / 4).unwrap_or(usize::MAX).min(4 << 20)
+        usize::try_from(memory_budget / 4)
+            .unwrap_or(usize::MAX)
+            .min(4 << 20)
     }
 
     /// `tcp://127.0.0.1:PORT` of its data plane.

@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
-use shuffle_client::protocol::{AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec};
+use shuffle_client::protocol::{
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+};
 use shuffle_client::{
-    Batcher, ClientError, CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
-    ShuffleStatus, ShuffleWriter, WriteStats, WriterOptions,
+    Batcher, ClientError, CommitAck, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle,
+    ShuffleReader, ShuffleStatus, ShuffleWriter, WriteStats, WriterOptions,
 };
 
 /// Wraps a client; its readers sleep `delay` before each block.
@@ -190,7 +192,9 @@ impl<C: ShuffleClient> ShuffleClient for DryWrites<C> {
         _manifest: CommitManifest,
     ) -> Result<CommitAck, ClientError> {
         let status = self.inner.shuffle_status(handle).await?;
-        Ok(CommitAck { sealed: status.sealed })
+        Ok(CommitAck {
+            sealed: status.sealed,
+        })
     }
 
     async fn open_reader(

@@ -15,11 +15,23 @@ use crate::plan::{Job, TaskCounters, TaskOutput};
 /// What executors report to the scheduler.
 #[derive(Debug)]
 pub(crate) enum Event {
-    Progress { key: TaskKey, counts: Counts },
-    Finished { key: TaskKey, output: TaskOutput },
-    Failed { key: TaskKey, failure: TaskFailure },
+    Progress {
+        key: TaskKey,
+        counts: Counts,
+    },
+    Finished {
+        key: TaskKey,
+        output: TaskOutput,
+    },
+    Failed {
+        key: TaskKey,
+        failure: TaskFailure,
+    },
     /// The worker's connection closed or broke: its tasks are gone.
-    WorkerLost { worker: usize, reason: String },
+    WorkerLost {
+        worker: usize,
+        reason: String,
+    },
 }
 
 /// Starts and stops tasks. Calls never wait: results come back as events.

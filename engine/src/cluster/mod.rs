@@ -7,11 +7,11 @@
 //!   `executor.rs`: in-process or remote execution; `pool.rs`: worker
 //!   processes; `wire.rs`: the coordinator–worker protocol.
 
+pub mod clients;
 mod executor;
 mod pool;
 mod scheduler;
 pub mod service;
-pub mod clients;
 pub mod wire;
 pub mod worker;
 
@@ -19,16 +19,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shuffle_client::protocol::{AppId, ShuffleMode};
 use shuffle_client::embedded::{MemoryBudget, StoreConfig};
+use shuffle_client::protocol::{AppId, ShuffleMode};
 use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
 use tokio::sync::mpsc;
 
+use self::clients::SlowReads;
+use self::executor::{LocalExecutor, RemoteExecutor};
 pub use self::pool::WorkerSource;
 pub use self::scheduler::SchedulePolicy;
-use self::executor::{LocalExecutor, RemoteExecutor};
 use self::scheduler::{ScheduleOutcome, Scheduler, WorkerSlots};
-use self::clients::SlowReads;
 use self::wire::{CoordinatorMsg, ServiceSpec};
 use crate::jobs::{JobSpec, Registry};
 use crate::plan::Job;
@@ -85,7 +85,11 @@ pub struct RunConfig {
 
 /// Builds the job of `spec`, runs it, validates its output and releases
 /// its shuffles.
-pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> Result<JobReport, EngineError> {
+pub async fn run_job(
+    registry: &Registry,
+    spec: JobSpec,
+    config: &RunConfig,
+) -> Result<JobReport, EngineError> {
     if let ServiceChoice::Embedded { memory_budget, .. } = &config.service {
         let block = config.writer_options.block_size as u64;
         if *memory_budget < (2 << 20).max(4 * block) {
@@ -119,7 +123,9 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
     })?;
     let temp;
     let data_dir = match &config.service {
-        ServiceChoice::Embedded { data_dir: Some(d), .. } => d.clone(),
+        ServiceChoice::Embedded {
+            data_dir: Some(d), ..
+        } => d.clone(),
         _ => {
             temp = tempfile::Builder::new()
                 .prefix("rss-engine-")
@@ -142,7 +148,18 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
             let (tx, rx) = mpsc::unbounded_channel();
             let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
             let workers = vec![WorkerSlots::new((*slots).max(1))];
-            drive(&job, client, app, config, exec, rx, workers, "embedded".into(), 0.0).await
+            drive(
+                &job,
+                client,
+                app,
+                config,
+                exec,
+                rx,
+                workers,
+                "embedded".into(),
+                0.0,
+            )
+            .await
         }
         (
             ServiceChoice::Embedded {
@@ -161,12 +178,17 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
             };
             let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
             if let Err(e) = served.shutdown().await {
-                config.progress.say(format!("stopping the embedded shuffle server: {e}"));
+                config
+                    .progress
+                    .say(format!("stopping the embedded shuffle server: {e}"));
             }
             result
         }
         (ServiceChoice::Servers(service), Executors::InProcess { slots }) => {
-            let client = Arc::new(SlowReads::new(service::connect_remote(service).await?, config.read_delay));
+            let client = Arc::new(SlowReads::new(
+                service::connect_remote(service).await?,
+                config.read_delay,
+            ));
             let (tx, rx) = mpsc::unbounded_channel();
             let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
             let workers = vec![WorkerSlots::new((*slots).max(1))];
@@ -180,7 +202,11 @@ pub async fn run_job(registry: &Registry, spec: JobSpec, config: &RunConfig) -> 
     }
 }
 
-fn embedded_store(data_dir: PathBuf, memory_budget: u64, spill_after: Duration) -> Result<EmbeddedShuffle, EngineError> {
+fn embedded_store(
+    data_dir: PathBuf,
+    memory_budget: u64,
+    spill_after: Duration,
+) -> Result<EmbeddedShuffle, EngineError> {
     let mut store = StoreConfig::new(vec![data_dir]);
     store.memory_budget = MemoryBudget::unmetered(memory_budget);
     store.spill_after = spill_after;
@@ -276,9 +302,9 @@ async fn drive<C: ShuffleClient, E: executor::Executor>(
         Err(e) => Err(e),
     };
     if let Err(e) = client.unregister_app(&app).await {
-        config
-            .progress
-            .say(format!("warning: releasing the app on the shuffle service failed: {e}"));
+        config.progress.say(format!(
+            "warning: releasing the app on the shuffle service failed: {e}"
+        ));
     }
     let mut report = report?;
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -299,7 +325,12 @@ async fn stored_bytes<C: ShuffleClient>(client: &C, outcome: &ScheduleOutcome) -
     total
 }
 
-fn report_of(job: &Job, mode: ShuffleMode, outcome: &ScheduleOutcome, result: crate::plan::JobResult) -> JobReport {
+fn report_of(
+    job: &Job,
+    mode: ShuffleMode,
+    outcome: &ScheduleOutcome,
+    result: crate::plan::JobResult,
+) -> JobReport {
     let all = outcome.outputs.iter().flatten();
     let sources: u64 = job
         .stages()

@@ -46,7 +46,9 @@ impl WorkerPool {
         events: mpsc::UnboundedSender<Event>,
         say: &(dyn Fn(String) + Sync),
     ) -> Result<Self, EngineError> {
-        let addr = listener.local_addr().map_err(EngineError::io("listen", "coordinator"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(EngineError::io("listen", "coordinator"))?;
         let (count, mut children) = match source {
             WorkerSource::Spawn { count, slots, exe } => {
                 let mut children = Vec::new();
@@ -116,12 +118,15 @@ impl WorkerPool {
         let name = format!("worker at {peer}");
         stream.set_nodelay(true).ok();
         let (mut rd, mut wr) = stream.into_split();
-        let hello = tokio::time::timeout(Duration::from_secs(10), wire::recv::<_, WorkerMsg>(&mut rd, &name))
-            .await
-            .map_err(|_| EngineError::Protocol {
-                peer: name.clone(),
-                reason: "no hello within 10s".into(),
-            })??;
+        let hello = tokio::time::timeout(
+            Duration::from_secs(10),
+            wire::recv::<_, WorkerMsg>(&mut rd, &name),
+        )
+        .await
+        .map_err(|_| EngineError::Protocol {
+            peer: name.clone(),
+            reason: "no hello within 10s".into(),
+        })??;
         let Some(WorkerMsg::Hello { slots, pid }) = hello else {
             return Err(EngineError::Protocol {
                 peer: name,
@@ -197,7 +202,10 @@ impl WorkerPool {
             let _ = s.send(CoordinatorMsg::Shutdown);
         }
         for child in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }

@@ -371,6 +371,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 let TaskState::Running { worker, .. } = task.state else {
                     return Ok(());
                 };
+                let had_input = output.records_in > 0;
                 task.counts = Counts {
                     records_in: output.records_in,
                     records_out: output.records_out,
@@ -381,6 +382,11 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 self.workers[worker].running.remove(&key);
                 let stage = key.stage.0 as usize;
                 self.bars[stage].task_done();
+                // A task too short for any progress report: its input
+                // arrived by the time it finished, at the latest.
+                if had_input && self.timings[stage].first_input.is_none() {
+                    self.timings[stage].first_input = Some(now);
+                }
                 if self.stage_all(key.stage, |t| matches!(t, TaskState::Done(_))) {
                     self.timings[stage].finished = Some(now);
                 }

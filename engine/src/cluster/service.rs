@@ -47,5 +47,8 @@ pub async fn connect_remote(spec: &ServiceSpec) -> Result<RemoteShuffle, EngineE
     if let Some(bytes) = spec.push_batch_bytes {
         options.push_batch_bytes = bytes;
     }
-    Ok(RemoteShuffle::connect_str(&spec.urls.join(","), options).await?)
+    let urls = spec.urls.join(",");
+    RemoteShuffle::connect_str(&urls, options)
+        .await
+        .map_err(|source| EngineError::ServiceUnreachable { urls, source })
 }

@@ -31,7 +31,11 @@ pub struct TaskKey {
 
 impl std::fmt::Display for TaskKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stage {} task {} attempt {}", self.stage.0, self.task, self.attempt)
+        write!(
+            f,
+            "stage {} task {} attempt {}",
+            self.stage.0, self.task, self.attempt
+        )
     }
 }
 
@@ -87,8 +91,8 @@ impl WireHandle {
         };
         let app = AppId::new(self.app.clone()).map_err(|e| bad(format!("app id: {e}")))?;
         let mode: ShuffleMode = self.mode.parse().map_err(|e| bad(format!("mode: {e}")))?;
-        let spec =
-            ShuffleSpec::new(self.maps, self.partitions, mode).map_err(|e| bad(format!("shuffle spec: {e}")))?;
+        let spec = ShuffleSpec::new(self.maps, self.partitions, mode)
+            .map_err(|e| bad(format!("shuffle spec: {e}")))?;
         let placement = if self.servers.is_empty() {
             Placement::Local
         } else {
@@ -104,7 +108,12 @@ impl WireHandle {
                 offset: self.offset,
             }
         };
-        Ok(ShuffleHandle::from_parts(app, ShuffleId(self.shuffle), spec, placement))
+        Ok(ShuffleHandle::from_parts(
+            app,
+            ShuffleId(self.shuffle),
+            spec,
+            placement,
+        ))
     }
 }
 
@@ -172,15 +181,28 @@ pub struct TaskFailure {
 #[serde(deny_unknown_fields)]
 pub enum WorkerMsg {
     /// First message: how many tasks the worker runs at once.
-    Hello { slots: u32, pid: u32 },
+    Hello {
+        slots: u32,
+        pid: u32,
+    },
     /// The job was built and the shuffle service reached.
     Ready,
     /// The job could not be set up on this worker.
-    SetupFailed { message: String },
+    SetupFailed {
+        message: String,
+    },
     /// Figures of running tasks (sent a few times a second).
-    Progress { tasks: Vec<(TaskKey, Counts)> },
-    Finished { key: TaskKey, output: TaskOutput },
-    Failed { key: TaskKey, failure: TaskFailure },
+    Progress {
+        tasks: Vec<(TaskKey, Counts)>,
+    },
+    Finished {
+        key: TaskKey,
+        output: TaskOutput,
+    },
+    Failed {
+        key: TaskKey,
+        failure: TaskFailure,
+    },
 }
 
 /// Coordinator to worker.
@@ -282,7 +304,9 @@ mod tests {
         assert_eq!(got, Some(msg));
 
         // Oversized length: refused before allocating.
-        a.write_all(&(MAX_MESSAGE_LEN + 1).to_be_bytes()).await.expect("w");
+        a.write_all(&(MAX_MESSAGE_LEN + 1).to_be_bytes())
+            .await
+            .expect("w");
         let err = recv::<_, WorkerMsg>(&mut b, "w").await.expect_err("too large");
         assert!(matches!(err, EngineError::Protocol { .. }), "{err}");
 

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::service::connect_remote;
 use super::clients::{DryWrites, SlowReads};
+use super::service::connect_remote;
 use super::wire::{self, CoordinatorMsg, Counts, FailureClass, TaskFailure, TaskKey, WorkerMsg};
 use crate::jobs::Registry;
 use crate::plan::{Job, TaskContext, TaskCounters, TaskOutput};
@@ -36,8 +36,6 @@ pub fn classify(e: &EngineError) -> FailureClass {
     match e {
         EngineError::Remote { class, .. } => *class,
         EngineError::Shuffle(c) => match c {
-
-
             c if c.is_retryable() || c.loses_data() => FailureClass::Transient,
             _ => FailureClass::Permanent,
         },
@@ -123,15 +121,9 @@ pub async fn run_worker(options: WorkerOptions, registry: &Registry) -> Result<(
             CoordinatorMsg::Run { key, handles } => {
                 let handles: Result<Vec<ShuffleHandle>, _> = handles.iter().map(|h| h.to_handle()).collect();
                 match handles {
-                    Ok(handles) => start_task(
-                        key,
-                        handles,
-                        writer_options.into(),
-                        &job,
-                        &client,
-                        &running,
-                        &out,
-                    ),
+                    Ok(handles) => {
+                        start_task(key, handles, writer_options.into(), &job, &client, &running, &out)
+                    }
                     Err(e) => send(WorkerMsg::Failed {
                         key,
                         failure: TaskFailure {
@@ -331,7 +323,11 @@ fn worker_from_args(args: &[String], registry: &Registry) -> Result<(), EngineEr
         let value = it.next().ok_or_else(|| bad(format!("{flag} needs a value")))?;
         match flag.as_str() {
             "--coordinator" => {
-                coordinator = Some(value.parse().map_err(|e| bad(format!("--coordinator {value}: {e}")))?)
+                coordinator = Some(
+                    value
+                        .parse()
+                        .map_err(|e| bad(format!("--coordinator {value}: {e}")))?,
+                )
             }
             "--slots" => slots = value.parse().map_err(|e| bad(format!("--slots {value}: {e}")))?,
             other => return Err(bad(format!("unknown flag {other}"))),

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use shuffle_client::protocol::PartitionId;
 
-
 mod plan;
 pub use plan::{build, job, TerasortParams};
 
@@ -39,7 +38,6 @@ impl TerasortConfig {
     pub fn records(&self) -> u64 {
         self.size_bytes / RECORD_LEN as u64
     }
-
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -145,9 +143,6 @@ pub fn generate_only(config: &TerasortConfig, parallelism: usize) -> (u64, f64) 
     (sum, started.elapsed().as_secs_f64())
 }
 
-
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +179,4 @@ mod tests {
         assert!(part.partition(&[0; KEY_LEN]) == PartitionId(0));
         assert!(part.partition(&[0xff; KEY_LEN]) == PartitionId(7));
     }
-
 }

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 
 use shuffle_client::protocol::PartitionId;
 
-
 mod plan;
 pub use plan::{build, count_in_memory, job, WordcountParams};
 
@@ -54,9 +53,6 @@ pub fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
 pub fn partition_of(word: &[u8], partitions: u32) -> PartitionId {
     PartitionId(crate::dataflow::wide::hash_partition(word, partitions))
 }
-
-
-
 
 #[cfg(test)]
 mod tests {

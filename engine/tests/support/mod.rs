@@ -77,4 +77,3 @@ pub async fn run(
     let result = job.finish(&outputs)?;
     Ok((result, outputs))
 }
-
