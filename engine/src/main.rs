@@ -131,10 +131,12 @@ enum JobCmd {
     },
     /// Inner join of two CSV files on key columns.
     Join {
-        #[arg(long)]
-        left: PathBuf,
-        #[arg(long)]
-        right: PathBuf,
+        /// Left CSV files (with a header row).
+        #[arg(long, num_args = 1.., required = true)]
+        left: Vec<PathBuf>,
+        /// Right CSV files (with a header row).
+        #[arg(long, num_args = 1.., required = true)]
+        right: Vec<PathBuf>,
         /// Key column of the left file (name or 0-based index).
         #[arg(long)]
         left_key: String,

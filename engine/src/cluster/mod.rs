@@ -11,6 +11,8 @@ pub mod clients;
 mod executor;
 mod pool;
 mod scheduler;
+#[cfg(test)]
+mod scheduler_tests;
 pub mod service;
 pub mod wire;
 pub mod worker;

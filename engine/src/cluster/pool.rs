@@ -33,7 +33,13 @@ pub(crate) struct WorkerPool {
     pub slots: Vec<u32>,
     pub pids: Vec<u32>,
     children: Vec<Child>,
+    refused: u32,
+    last_refusal: Option<String>,
 }
+
+/// Failed joins after which starting the workers gives up (a worker that
+/// cannot build the job fails the same way on every try).
+const MAX_REFUSED: u32 = 8;
 
 impl WorkerPool {
     /// Accepts the workers on `listener`, sends each `setup`, and waits
@@ -79,16 +85,30 @@ impl WorkerPool {
             slots: Vec::new(),
             pids: Vec::new(),
             children: Vec::new(),
+            refused: 0,
+            last_refusal: None,
         };
         let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
             while pool.senders.len() < count as usize {
                 let (stream, peer) = tokio::select! {
                     accepted = listener.accept() => accepted.map_err(EngineError::io("accept", "coordinator"))?,
                     exited = first_exit(&mut children) => {
-                        return Err(EngineError::Workers { reason: format!("a worker exited before joining: {exited}") });
+                        let why = pool.last_refusal.take().map_or(String::new(), |r| format!(" ({r})"));
+                        return Err(EngineError::Workers { reason: format!("a worker exited before joining: {exited}{why}") });
                     }
                 };
-                pool.join(stream, peer, &setup, &events, say).await?;
+                // A peer that is not a worker, or a worker that cannot set
+                // the job up, is refused alone; the others keep joining.
+                if let Err(e) = pool.join(stream, peer, &setup, &events, say).await {
+                    say(format!("refused a worker at {peer}: {e}"));
+                    pool.refused += 1;
+                    pool.last_refusal = Some(e.to_string());
+                    if pool.refused >= MAX_REFUSED {
+                        return Err(EngineError::Workers {
+                            reason: format!("{} workers refused, the last: {e}", pool.refused),
+                        });
+                    }
+                }
             }
             Ok(())
         })
