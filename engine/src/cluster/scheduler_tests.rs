@@ -126,7 +126,7 @@ async fn run(
     let scheduler = Scheduler::new(
         job,
         &client,
-        AppId::new("sched".to_string()).expect("app"),
+        AppId::new("sched").expect("app"),
         policy,
         Scripted(ops_tx),
         events_rx,
