@@ -63,7 +63,9 @@ impl WorkerPool {
                         .args(["worker", "--coordinator", &addr.to_string(), "--slots"])
                         .arg(slots.to_string())
                         .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
+                        // Inherited: a stdout sink writes there. The
+                        // coordinator prints its report after the workers
+                        // exited, so the report stays the last line.
                         .kill_on_drop(true)
                         .spawn()
                         .map_err(|e| EngineError::Workers {
