@@ -1,23 +1,11 @@
 //! The `engine` binary as a user runs it.
 
+mod cli_support;
+
+use cli_support::{engine, report};
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
-
-use serde_json::Value;
-
-fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("the engine binary runs")
-}
-
-fn last_json_line(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}"))
-}
 
 #[test]
 fn terasort_validates_and_reports_json() {
@@ -37,7 +25,7 @@ fn terasort_validates_and_reports_json() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = last_json_line(&out);
+    let report = report(&out);
     assert_eq!(report["job"], "terasort");
     assert_eq!(report["mode"], "blocking");
     assert_eq!(report["valid"], true);
@@ -71,7 +59,7 @@ fn terasort_without_compression_moves_every_byte() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = last_json_line(&out);
+    let report = report(&out);
     assert_eq!(report["valid"], true);
     // 10,000 records of 100 bytes, each framed with a 1-byte length, plus
     // block headers.
@@ -155,7 +143,7 @@ fn wordcount_matches_an_in_memory_count() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = last_json_line(&out);
+    let report = report(&out);
     let expected = reference_count(&[&a, &b, &c]);
     assert_eq!(read_output(&out_dir), expected);
     assert_eq!(report["valid"], true);

@@ -1,30 +1,14 @@
 //! groupby, join and wordcount through the CLI on worker processes, job
 //! files, and workers started by hand (one of them a pretender).
 
+mod cli_support;
+
+use cli_support::{engine, report};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-use serde_json::Value;
-
-fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("the engine binary runs")
-}
-
-fn report(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "status {:?}, stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON report")
-}
 
 /// Every `part-*` file's lines, sorted.
 fn output_lines(dir: &Path) -> Vec<String> {

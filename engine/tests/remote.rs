@@ -1,27 +1,11 @@
 //! The engine against real shuffle servers, over TCP and QUIC.
 
-use std::process::{Command, Output};
+mod cli_support;
 
-use serde_json::Value;
+use cli_support::{engine, report};
+
 use shuffle_server::config::ServerConfig;
 use shuffle_server::LocalServer;
-
-fn engine(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("the engine binary runs")
-}
-
-fn report(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON report")
-}
 
 async fn servers(n: usize, tmp: &tempfile::TempDir) -> Vec<LocalServer> {
     let mut out = Vec::new();

@@ -2,6 +2,10 @@
 //! streaming before producers finish, spilling, lost workers, and the
 //! pipelined slot check.
 
+mod cli_support;
+
+use cli_support::{engine, report};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -9,25 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const MODES: [&str; 4] = ["blocking", "pipelined", "hybrid-full", "hybrid-selective"];
-
-fn engine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("the engine binary runs")
-}
-
-fn report(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "status {:?}, stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}"))
-}
 
 fn terasort(mode: &str, extra: &[&str]) -> Value {
     sized_terasort("4MB", mode, extra)

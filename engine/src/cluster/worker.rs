@@ -235,8 +235,8 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
             ),
         });
     }
-    let ctx = TaskContext {
-        client: &**client,
+    let context = |client| TaskContext {
+        client,
         stage: key.stage,
         task: key.task,
         attempt: AttemptId(key.attempt),
@@ -244,7 +244,7 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
         writer_options,
         counters,
     };
-    match job.run_task(ctx).await {
+    match job.run_task(context(&**client)).await {
         // A retried producer whose map an earlier attempt already committed
         // (its worker died after the commit, before it could say so): the
         // map's output is stored. Tasks are deterministic, so running it
@@ -255,16 +255,19 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
         )) if !stage.outputs.is_empty() => {
             counters.reset();
             let dry = DryWrites::new(client.clone());
-            let ctx = TaskContext {
+            let TaskContext {
+                stage, task, attempt, ..
+            } = context(&**client);
+            job.run_task(TaskContext {
                 client: &dry,
-                stage: key.stage,
-                task: key.task,
-                attempt: AttemptId(key.attempt),
+                stage,
+                task,
+                attempt,
                 handles,
                 writer_options,
                 counters,
-            };
-            job.run_task(ctx).await
+            })
+            .await
         }
         other => other,
     }

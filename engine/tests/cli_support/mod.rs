@@ -1,0 +1,28 @@
+//! Running the `engine` binary as a user does, for the CLI-level tests.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Runs `engine ARGS...` to the end.
+pub fn engine<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .output()
+        .expect("the engine binary runs")
+}
+
+/// The JSON report on the last line of stdout of a successful run.
+pub fn report(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}"))
+}
