@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Where progress goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum ProgressMode {
 pub struct Progress {
     mode: ProgressMode,
     fancy: bool,
+    /// One display for every stage's bar, so they redraw together.
+    bars: MultiProgress,
 }
 
 impl Progress {
@@ -29,20 +31,25 @@ impl Progress {
         Progress {
             mode,
             fancy: std::io::stderr().is_terminal(),
+            bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
         }
     }
 
     /// A line of news (a worker joined...), unless progress is off.
     pub fn say(&self, msg: String) {
         if self.mode == ProgressMode::Auto {
-            eprintln!("{msg}");
+            if self.fancy {
+                let _ = self.bars.println(msg);
+            } else {
+                eprintln!("{msg}");
+            }
         }
     }
 
     /// Starts reporting a stage of `total` tasks.
     pub fn stage(&self, name: &str, total: u64) -> Arc<StageProgress> {
         let bar = (self.mode == ProgressMode::Auto && self.fancy).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let bar = self.bars.add(ProgressBar::new(total));
             let style = ProgressStyle::with_template(
                 "{prefix:>12} [{bar:24}] {pos}/{len} tasks {elapsed_precise} {msg}",
             )

@@ -211,6 +211,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
             self.cancel_all();
             return Err(e);
         }
+        self.redraw();
         for bar in &self.bars {
             bar.finish();
         }
