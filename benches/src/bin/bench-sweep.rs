@@ -245,7 +245,7 @@ fn plot(result: &Value, path: &Path) -> Result<()> {
         if p.get("error").is_some() {
             chart
                 .draw_series(std::iter::once(Text::new(
-                    "not supported yet",
+                    "not measured",
                     (i as f64 - 0.3, ymax * 0.1),
                     ("sans-serif", 12),
                 )))
@@ -288,6 +288,23 @@ fn summary(results: &[Value]) -> String {
                 mib("disk_bytes"),
             ));
         }
+    }
+    let concurrent: Vec<String> = results
+        .iter()
+        .flat_map(|r| r["points"].as_array().into_iter().flatten())
+        .filter(|p| p.get("concurrent_reads").and_then(Value::as_bool) == Some(true))
+        .filter_map(|p| p["value"].as_str().map(label))
+        .fold(Vec::new(), |mut v, l| {
+            if !v.contains(&l) {
+                v.push(l);
+            }
+            v
+        });
+    if !concurrent.is_empty() {
+        md.push_str(&format!(
+            "\nRows {} read every partition while the maps push (readers opened before the maps start): there, map s runs from the start of the maps to the last commit, reduce s is the reading left after that, and GB/s is over the sum, from the maps' start (their first push) to the last block read.\n",
+            concurrent.join(", ")
+        ));
     }
     if let Some(b) = results
         .iter()
