@@ -69,7 +69,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="1GiB")
     p.add_argument("--maps", default="16")
-    p.add_argument("--partitions", default="32")
+    p.add_argument("--partitions", default="64")
     p.add_argument("--workers", default="2")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--memory-budget", default="2GiB")

@@ -135,7 +135,10 @@ fn pipelined_with_too_few_slots_fails_early_with_a_clear_message() {
 }
 
 /// Starts a job and returns it with the worker pids it announced.
-fn start_with_workers(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>, Vec<u32>) {
+fn start_with_workers(
+    workers: usize,
+    args: &[&str],
+) -> (Child, BufReader<std::process::ChildStderr>, Vec<u32>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
         .args(args)
         .stdout(Stdio::piped())
@@ -145,7 +148,7 @@ fn start_with_workers(args: &[&str]) -> (Child, BufReader<std::process::ChildStd
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut pids = Vec::new();
     let mut line = String::new();
-    while pids.len() < 2 {
+    while pids.len() < workers {
         line.clear();
         if stderr.read_line(&mut line).expect("read stderr") == 0 {
             panic!("engine ended before its workers joined");
@@ -160,26 +163,33 @@ fn start_with_workers(args: &[&str]) -> (Child, BufReader<std::process::ChildStd
     (child, stderr, pids)
 }
 
-fn kill_a_worker_mid_job(mode: &str) {
-    let (child, mut stderr, pids) = start_with_workers(&[
-        "run",
-        "terasort",
-        "--size",
-        "24MB",
-        "--maps",
-        "8",
-        "--partitions",
-        "4",
-        "--workers",
-        "2",
-        "--slots",
-        "1",
-        "--mode",
-        mode,
-        "--json",
-        "--max-attempts",
-        "4",
-    ]);
+/// Runs terasort on `workers` workers of `slots` slots, kills worker 1 with
+/// SIGKILL once some maps finished, and returns the report of the
+/// (completed, validated) job.
+fn kill_a_worker_mid_job(mode: &str, workers: usize, slots: &str) -> Value {
+    let count = workers.to_string();
+    let (child, mut stderr, pids) = start_with_workers(
+        workers,
+        &[
+            "run",
+            "terasort",
+            "--size",
+            "24MB",
+            "--maps",
+            "8",
+            "--partitions",
+            "4",
+            "--workers",
+            &count,
+            "--slots",
+            slots,
+            "--mode",
+            mode,
+            "--json",
+            "--max-attempts",
+            "4",
+        ],
+    );
     // Wait until some maps finished and others run, then kill -9 one worker.
     let mut seen = String::new();
     let mut line = String::new();
@@ -215,16 +225,29 @@ fn kill_a_worker_mid_job(mode: &str) {
         err.contains("worker 1 lost"),
         "{mode}: the loss was noticed: {err}"
     );
+    r
 }
 
 #[test]
 fn a_worker_killed_mid_job_still_leaves_a_correct_job_in_blocking_mode() {
-    kill_a_worker_mid_job("blocking");
+    kill_a_worker_mid_job("blocking", 2, "1");
 }
 
 #[test]
 fn a_worker_killed_mid_job_still_leaves_a_correct_job_in_hybrid_full_mode() {
-    kill_a_worker_mid_job("hybrid-full");
+    kill_a_worker_mid_job("hybrid-full", 2, "1");
+}
+
+#[test]
+fn a_worker_killed_mid_job_restarts_the_pipelined_region() {
+    // 12 tasks over 3 workers of 8 slots: every worker runs a reducer, and
+    // the two left still have slots for the whole region.
+    let r = kill_a_worker_mid_job("pipelined", 3, "8");
+    assert!(
+        r["region_restarts"].as_u64().is_some_and(|n| n >= 1),
+        "the region ran again: {r}"
+    );
+    assert_eq!(r["spilled_bytes"], 0, "{r}");
 }
 
 /// `name value` of a Prometheus text line, for an unlabelled metric.

@@ -62,7 +62,18 @@ impl RemoteWriter {
         if blocks.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.inner.options.max_in_flight_pushes.max(1) {
+        // Backpressure rule (pipelined): a server holds a pipelined block in
+        // memory until its reader takes it, and readers take a map's blocks
+        // in sequence order. With two pushes of one writer in flight, the
+        // later one could fill the budget while the earlier one waits for
+        // credit, and the reader would wait for a block that can never come
+        // in. One push at a time keeps every writer's blocks in order, so
+        // the memory always holds blocks some reader can take.
+        let limit = match self.handle.spec().mode() {
+            protocol::ShuffleMode::Pipelined => 1,
+            _ => self.inner.options.max_in_flight_pushes.max(1),
+        };
+        while self.in_flight.len() >= limit {
             self.join_one().await?;
         }
         let inner = self.inner.clone();
