@@ -105,6 +105,10 @@ pub enum ServerError {
     /// reads interleave maps in arrival order).
     #[error("a {mode} fetch cannot resume from block {resume_from}: restart the reader")]
     ResumeUnsupported { mode: ShuffleMode, resume_from: u64 },
+    /// A block of a committed attempt beyond what its manifest declared:
+    /// it could never be served, so it is not stored.
+    #[error("{block} is beyond the {committed} block(s) its committed manifest declared for the partition")]
+    BeyondManifest { block: BlockId, committed: u32 },
     /// A stored file does not match its index (truncated, overwritten...).
     #[error("corrupt partition file {path}: {reason}")]
     CorruptFile { path: PathBuf, reason: String },

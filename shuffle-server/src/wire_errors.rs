@@ -114,9 +114,11 @@ impl ServerError {
             ServerError::NoCredit { .. } => ServiceError::Busy {
                 reason: self.to_string(),
             },
-            ServerError::ResumeUnsupported { .. } => ServiceError::Malformed {
-                reason: self.to_string(),
-            },
+            ServerError::ResumeUnsupported { .. } | ServerError::BeyondManifest { .. } => {
+                ServiceError::Malformed {
+                    reason: self.to_string(),
+                }
+            }
         }
     }
 }

@@ -222,6 +222,13 @@ impl ShuffleState {
                         attempt: id.attempt,
                     });
                 }
+                // A retried push of a committed block is a duplicate and
+                // harmless; a block past the manifest would sit unserved
+                // (in memory, holding credit, for streaming modes).
+                let committed = c.manifest.count(id.partition);
+                if id.seq >= committed {
+                    return Err(ServerError::BeyondManifest { block: id, committed });
+                }
             }
         }
         Ok(())

@@ -156,6 +156,31 @@ fn first_attempt_to_commit_wins_and_losers_are_never_served() {
 }
 
 #[test]
+fn after_a_commit_its_blocks_are_duplicates_and_blocks_past_its_manifest_are_refused() {
+    let (_tmp, store) = store(1, 16);
+    register(&store, 2, 2);
+    store.push(&app(), SHUFFLE, &[block(0, 0, 0, 0)]).expect("push");
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[1]))
+        .expect("commit");
+    let again = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 0)])
+        .expect("a retried push");
+    assert_eq!(again.duplicates, 1);
+    for late in [block(0, 0, 0, 1), block(0, 0, 1, 0)] {
+        let err = store
+            .push(&app(), SHUFFLE, &[late])
+            .expect_err("past the manifest");
+        assert!(matches!(err, ServerError::BeyondManifest { .. }), "{err}");
+    }
+    store
+        .commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[]))
+        .expect("seal");
+    assert_eq!(read_all(&store, 0, MapRange::all(2)).expect("read"), ["m0a0p0s0"]);
+    assert!(read_all(&store, 1, MapRange::all(2)).expect("read").is_empty());
+}
+
+#[test]
 fn a_commit_naming_blocks_that_never_arrived_is_refused() {
     let (_tmp, store) = store(1, 16);
     register(&store, 1, 2);
