@@ -149,3 +149,57 @@ async fn bad_streaming_fetches_get_typed_errors_and_others_keep_working() -> Res
     ));
     Ok(())
 }
+
+/// The value of `rss_spill_bytes_total{mode="MODE"}`.
+fn spilled(text: &str, mode: &str) -> f64 {
+    let label = format!("rss_spill_bytes_total{{mode=\"{mode}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&label))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_disk_writes_are_counted_by_mode() -> Result<()> {
+    let server = TestServer::start_with(|c| c.spill_after = Duration::from_millis(20)).await?;
+    let c = client(&server, IO_TIMEOUT).await?;
+    let app = AppId::new("spills")?;
+    let record = vec![7u8; 1000];
+    for (id, mode) in [
+        (1, ShuffleMode::Hybrid(protocol::SpillStrategy::Full)),
+        (2, ShuffleMode::Hybrid(protocol::SpillStrategy::Selective)),
+    ] {
+        let handle = c
+            .register_shuffle(&app, ShuffleId(id), ShuffleSpec::new(1, 1, mode)?)
+            .await?;
+        let mut w = c
+            .open_writer(
+                &handle,
+                MapId(0),
+                protocol::AttemptId(0),
+                WriterOptions::default(),
+            )
+            .await?;
+        for _ in 0..100 {
+            w.write(PartitionId(0), &record).await?;
+        }
+        w.commit().await?;
+    }
+    // Hybrid-full wrote every block at once; hybrid-selective spills what
+    // nobody read within `spill_after`; the counters follow at the next
+    // housekeeping tick.
+    let text = within(IO_TIMEOUT, "spill counters", async {
+        loop {
+            let text = server.metrics().await?;
+            if spilled(&text, "hybrid-full") > 0.0 && spilled(&text, "hybrid-selective") > 0.0 {
+                return anyhow::Ok(text);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    ensure!(spilled(&text, "pipelined") == 0.0, "pipelined never writes");
+    ensure!(spilled(&text, "blocking") == 0.0, "no blocking shuffle here");
+    Ok(())
+}
