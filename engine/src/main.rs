@@ -464,7 +464,6 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
                 flags.quic_pins.clone()
             },
             quic_ca: flags.quic_ca.clone().or(file.quic_ca.clone()),
-            push_batch_bytes: None,
         })
     };
     let executors = if workers == 0 {

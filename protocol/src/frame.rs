@@ -12,8 +12,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::block::BLOCK_HEADER_LEN;
 use crate::{wire, AppId, Block, MapId, MapRange, PartitionId, ProtocolError, ServiceError, ShuffleId};
 
-/// Version of the frame protocol, exchanged in [`Frame::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the frame protocol, exchanged in [`Frame::Hello`]. 2: the
+/// hello carries the sender's frame limit.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before the body: the length prefix and the tag.
 pub const FRAME_PREFIX_LEN: usize = 5;
 /// Default maximum frame length (tag + body): 64 MiB, which fits a push of
@@ -27,6 +28,9 @@ pub struct Hello {
     /// The server's gRPC control-plane port (0 from a client): a client
     /// that knows only the data-plane URL finds the control plane with it.
     pub grpc_port: u16,
+    /// The largest frame (tag + body) the sender accepts: a client sizes
+    /// its pushes to fit the server's.
+    pub max_frame_len: u32,
 }
 
 /// Blocks of one shuffle, for any number of partitions.
@@ -130,6 +134,7 @@ impl Frame {
             Frame::Hello(h) => {
                 out.put_u16_le(h.protocol_version);
                 out.put_u16_le(h.grpc_port);
+                out.put_u32_le(h.max_frame_len);
             }
             Frame::PushBlocks(_) | Frame::FetchBlocks(_) => {
                 let blocks = self.put_head(out);
@@ -185,6 +190,7 @@ impl Frame {
             TAG_HELLO => Frame::Hello(Hello {
                 protocol_version: wire::u16(body, "hello")?,
                 grpc_port: wire::u16(body, "hello")?,
+                max_frame_len: wire::u32(body, "hello")?,
             }),
             TAG_PUSH_BLOCKS => Frame::PushBlocks(PushBlocks {
                 request_id: wire::u64(body, "push request id")?,
@@ -422,9 +428,10 @@ mod tests {
                     .collect::<Vec<_>>()
             });
         prop_oneof![
-            (any::<u16>(), any::<u16>()).prop_map(|(v, g)| Frame::Hello(Hello {
+            (any::<u16>(), any::<u16>(), any::<u32>()).prop_map(|(v, g, m)| Frame::Hello(Hello {
                 protocol_version: v,
-                grpc_port: g
+                grpc_port: g,
+                max_frame_len: m,
             })),
             (any::<u64>(), any::<u32>(), blocks.clone()).prop_map(|(r, s, blocks)| {
                 Frame::PushBlocks(PushBlocks {
@@ -574,7 +581,7 @@ mod tests {
             codec.decode(&mut src),
             Err(ProtocolError::Malformed { .. })
         ));
-        let mut src = BytesMut::from(&[6u8, 0, 0, 0, TAG_HELLO, 1, 0, 0, 0, 9][..]);
+        let mut src = BytesMut::from(&[10u8, 0, 0, 0, TAG_HELLO, 1, 0, 0, 0, 0, 0, 1, 0, 9][..]);
         assert!(matches!(
             codec.decode(&mut src),
             Err(ProtocolError::TrailingBytes { count: 1, .. })

@@ -27,7 +27,8 @@ impl ServedShuffle {
     ) -> Result<Self, ClientError> {
         let mut config = ServerConfig::new(data_dirs);
         config.memory_budget = memory_budget;
-        // A frame must fit the budget to ever get credit.
+        // A frame must fit the budget to ever get credit (clients learn the
+        // limit from the hello and size their pushes to it).
         config.max_frame_len = config
             .max_frame_len
             .min(u32::try_from(memory_budget).unwrap_or(u32::MAX));
@@ -36,14 +37,6 @@ impl ServedShuffle {
         config.fsync_on_seal = false;
         let server = LocalServer::start(config).await?;
         Ok(ServedShuffle { server })
-    }
-
-    /// Bytes a client may send in one push so that its frames fit this
-    /// server's frame limit (a quarter of the memory budget, at most 4 MiB).
-    pub fn push_batch_bytes(memory_budget: u64) -> usize {
-        usize::try_from(memory_budget / 4)
-            .unwrap_or(usize::MAX)
-            .min(4 << 20)
     }
 
     /// `tcp://127.0.0.1:PORT` of its data plane.

@@ -231,6 +231,7 @@ async fn a_wrong_protocol_version_is_refused() -> Result<()> {
     let hello = Frame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION + 1,
         grpc_port: 0,
+        max_frame_len: protocol::frame::DEFAULT_MAX_FRAME_LEN,
     });
     let e = conn.expect_rejected_after(&encoded(&hello)?).await?;
     ensure!(e.error.to_string().contains("protocol version"), "{e:?}");

@@ -29,6 +29,7 @@ impl Conn {
         c.send(&Frame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             grpc_port: 0,
+            max_frame_len: protocol::frame::DEFAULT_MAX_FRAME_LEN,
         }))
         .await?;
         match c.recv().await? {

@@ -216,3 +216,49 @@ async fn a_push_frame_over_the_limit_closes_the_connection_with_an_error() -> Re
     ensure!(status.stored_bytes == 0, "{status:?}");
     round_trip(&ts.server, "other", 1).await
 }
+
+/// The client sizes its pushes to the frame limit the server announces in
+/// its hello: with the default 4 MiB push batch, every push here would be
+/// refused as oversized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_size_their_pushes_to_the_servers_frame_limit() -> Result<()> {
+    use shuffle_client::{
+        RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleReader, ShuffleWriter, WriterOptions,
+    };
+    let ts = TestServer::start_with(|c| {
+        c.memory_budget = BUDGET;
+        c.max_frame_len = 64 << 10;
+    })
+    .await?;
+    let url = format!("tcp://{}", ts.server.addrs.tcp).parse()?;
+    let client = RemoteShuffle::connect(&[url], RemoteOptions::default()).await?;
+    let app = protocol::AppId::new("small-frames")?;
+    let spec = protocol::ShuffleSpec::new(1, 2, protocol::ShuffleMode::Blocking)?;
+    let handle = client
+        .register_shuffle(&app, protocol::ShuffleId(1), spec)
+        .await?;
+    let options = WriterOptions {
+        block_size: 8 << 10,
+        compress: false,
+        ..WriterOptions::default()
+    };
+    let mut w = client
+        .open_writer(&handle, protocol::MapId(0), protocol::AttemptId(0), options)
+        .await?;
+    let record = [5u8; 500];
+    for i in 0..4000u32 {
+        w.write(protocol::PartitionId(i % 2), &record).await?;
+    }
+    w.commit().await.context("every push fits 64 KiB")?;
+    let mut records = 0;
+    for p in 0..2 {
+        let mut r = client
+            .open_reader(&handle, protocol::PartitionId(p), handle.all_maps())
+            .await?;
+        while let Some(batch) = r.next_batch().await? {
+            records += batch.count();
+        }
+    }
+    ensure!(records == 4000, "read {records} records");
+    Ok(())
+}

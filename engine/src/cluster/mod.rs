@@ -176,7 +176,6 @@ pub async fn run_job(
                 urls: vec![served.tcp_url()],
                 quic_pins: Vec::new(),
                 quic_ca: None,
-                push_batch_bytes: Some(ServedShuffle::push_batch_bytes(*memory_budget)),
             };
             let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
             if let Err(e) = served.shutdown().await {

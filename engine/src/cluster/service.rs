@@ -40,13 +40,10 @@ pub async fn connect_remote(spec: &ServiceSpec) -> Result<RemoteShuffle, EngineE
             reason: "a worker process needs shuffle server URLs".into(),
         });
     }
-    let mut options = RemoteOptions {
+    let options = RemoteOptions {
         quic_trust: quic_trust(spec)?,
         ..RemoteOptions::default()
     };
-    if let Some(bytes) = spec.push_batch_bytes {
-        options.push_batch_bytes = bytes;
-    }
     let urls = spec.urls.join(",");
     RemoteShuffle::connect_str(&urls, options)
         .await

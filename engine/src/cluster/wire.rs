@@ -48,9 +48,6 @@ pub struct ServiceSpec {
     pub quic_pins: Vec<String>,
     /// PEM file of QUIC roots.
     pub quic_ca: Option<std::path::PathBuf>,
-    /// Bytes per push request (the client's default when `None`).
-    #[serde(default)]
-    pub push_batch_bytes: Option<usize>,
 }
 
 /// A shuffle handle as sent to a worker.

@@ -193,12 +193,12 @@ impl DataClient {
     }
 
     /// Says hello on a new stream; returns the server's gRPC port.
-    pub async fn hello(&self) -> Result<u16, ClientError> {
+    pub async fn hello(&self) -> Result<Hello, ClientError> {
         match self.url.transport {
             Transport::Tcp => {
-                let (conn, port) = self.connect_tcp().await?;
+                let (conn, hello) = self.connect_tcp().await?;
                 self.give_back(Stream::Tcp(conn));
-                Ok(port)
+                Ok(hello)
             }
             Transport::Quic => {
                 let mut stream = self.open().await?;
@@ -208,14 +208,18 @@ impl DataClient {
                     .await
                     .map_err(|e| self.error(e))?
                 {
-                    Some(Frame::Hello(h)) => Ok(h.grpc_port),
+                    Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
+                    Some(Frame::Hello(h)) => Err(self.error(format!(
+                        "server speaks protocol version {}, not {PROTOCOL_VERSION}",
+                        h.protocol_version
+                    ))),
                     other => Err(self.error(format!("expected hello, got {other:?}"))),
                 }
             }
         }
     }
 
-    async fn connect_tcp(&self) -> Result<(TcpConn, u16), ClientError> {
+    async fn connect_tcp(&self) -> Result<(TcpConn, Hello), ClientError> {
         let addr = self.resolve().await?;
         let setup = async {
             let stream = TcpStream::connect(addr).await?;
@@ -224,7 +228,7 @@ impl DataClient {
             let mut conn = FrameConn::new(r, w);
             conn.send(&hello_frame()).await?;
             match conn.recv().await? {
-                Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok((conn, h.grpc_port)),
+                Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok((conn, h)),
                 Some(Frame::Error(e)) => Err(StreamError::Quic(e.error.to_string())),
                 other => Err(StreamError::Quic(format!("expected hello, got {other:?}"))),
             }
@@ -300,5 +304,7 @@ fn hello_frame() -> Frame {
     Frame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         grpc_port: 0,
+        // Replies are read with the protocol's default limit.
+        max_frame_len: protocol::frame::DEFAULT_MAX_FRAME_LEN,
     })
 }

@@ -56,7 +56,8 @@ pub struct RemoteOptions {
     pub max_retries: u32,
     /// First retry delay, doubled each time. Default 50 ms.
     pub retry_backoff: Duration,
-    /// Bytes of blocks sent per push request. Default 4 MiB.
+    /// Bytes of blocks sent per push request, lowered for a server whose
+    /// frame limit (announced in its hello) is smaller. Default 4 MiB.
     pub push_batch_bytes: usize,
     /// Push requests in flight per writer. Default 4.
     pub max_in_flight_pushes: usize,
@@ -84,7 +85,14 @@ pub(crate) struct Server {
     pub data: DataClient,
     pub control: Control,
     pub name: String,
+    /// Bytes of blocks per push to this server: the configured batch,
+    /// lowered to fit the frame limit the server announced in its hello.
+    pub push_batch_bytes: usize,
 }
+
+/// Room in a push frame for everything but the blocks (tag, request id,
+/// app id, shuffle id, block count).
+const PUSH_FRAME_OVERHEAD: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -210,14 +218,21 @@ impl RemoteShuffle {
         let mut servers = Vec::with_capacity(urls.len());
         for url in urls {
             let data = DataClient::new(url.clone(), options.connect_timeout, &options.quic_trust)?;
-            let grpc_port = data.hello().await?;
+            let hello = data.hello().await?;
             let name = url.to_string();
             let control = Control::new(
                 name.clone(),
-                &url.authority_with_port(grpc_port),
+                &url.authority_with_port(hello.grpc_port),
                 options.connect_timeout,
             )?;
-            servers.push(Arc::new(Server { data, control, name }));
+            let fits = (hello.max_frame_len as usize).saturating_sub(PUSH_FRAME_OVERHEAD);
+            let push_batch_bytes = options.push_batch_bytes.min(fits).max(1);
+            servers.push(Arc::new(Server {
+                data,
+                control,
+                name,
+                push_batch_bytes,
+            }));
         }
         let names: Vec<String> = urls.iter().map(ToString::to_string).collect();
         Ok(RemoteShuffle {

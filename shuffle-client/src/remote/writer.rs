@@ -45,10 +45,18 @@ impl RemoteWriter {
                 .server_of(block.id().partition)
                 .unwrap_or(0)
                 .min(self.pending.len() - 1);
+            // A push never exceeds the batch (so it fits the server's frame
+            // limit) unless a single block does.
+            let batch = self.inner.servers[index].push_batch_bytes;
+            let len = block.encoded_len();
+            let (blocks, bytes) = &self.pending[index];
+            if !blocks.is_empty() && bytes + len > batch {
+                self.send(index).await?;
+            }
             let slot = &mut self.pending[index];
-            slot.1 += block.encoded_len();
+            slot.1 += len;
             slot.0.push(block);
-            if slot.1 >= self.inner.options.push_batch_bytes {
+            if slot.1 >= batch {
                 self.send(index).await?;
             }
         }

@@ -139,6 +139,7 @@ async fn request(
                 Frame::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION,
                     grpc_port: shared.grpc_port,
+                    max_frame_len: shared.config.max_frame_len,
                 })
             } else {
                 error_frame(

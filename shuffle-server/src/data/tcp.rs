@@ -135,6 +135,7 @@ async fn requests(
             let reply = Frame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 grpc_port: shared.grpc_port,
+                max_frame_len: shared.config.max_frame_len,
             });
             outbox.clone().send(encode(&reply), None).await?;
         }

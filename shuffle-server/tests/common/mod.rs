@@ -280,6 +280,7 @@ impl DataConn {
         conn.send(&Frame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             grpc_port: 0,
+            max_frame_len: protocol::frame::DEFAULT_MAX_FRAME_LEN,
         }))
         .await?;
         match conn.reader.next().await? {
