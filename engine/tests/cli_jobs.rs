@@ -3,12 +3,12 @@
 
 mod cli_support;
 
-use cli_support::{engine, report};
+use cli_support::{engine, finish, report};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 /// Every `part-*` file's lines, sorted.
 fn output_lines(dir: &Path) -> Vec<String> {
@@ -212,17 +212,7 @@ fn workers_started_by_hand_run_the_job_and_a_pretender_is_refused() {
         .stderr(Stdio::null())
         .spawn()
         .expect("worker starts");
-    let rest = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let out = coordinator.wait_with_output().expect("coordinator ends");
-    let err = rest.join().expect("stderr");
-    let r = report(&Output {
-        stderr: err.clone().into_bytes(),
-        ..out
-    });
+    let (r, err) = finish(coordinator, stderr);
     assert_eq!(r["valid"], true, "{r}");
     assert_eq!(r["workers"], 1);
     assert!(err.contains("refused a worker"), "{err}");

@@ -4,10 +4,10 @@
 
 mod cli_support;
 
-use cli_support::{engine, report};
+use cli_support::{engine, finish, report};
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -208,17 +208,7 @@ fn kill_a_worker_mid_job(mode: &str, workers: usize, slots: &str) -> Value {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let rest = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let out = child.wait_with_output().expect("engine ends");
-    let err = rest.join().expect("stderr reader");
-    let r = report(&Output {
-        stderr: err.clone().into_bytes(),
-        ..out
-    });
+    let (r, err) = finish(child, stderr);
     assert_eq!(r["valid"], true, "{mode}: {r}\n{err}");
     assert_eq!(r["records_out"], 240_000, "{mode}");
     assert!(

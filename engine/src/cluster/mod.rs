@@ -146,22 +146,7 @@ pub async fn run_job(
             Executors::InProcess { slots },
         ) => {
             let store = embedded_store(data_dir, *memory_budget, *spill_after)?;
-            let client = Arc::new(SlowReads::new(store, config.read_delay));
-            let (tx, rx) = mpsc::unbounded_channel();
-            let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
-            let workers = vec![WorkerSlots::new((*slots).max(1))];
-            drive(
-                &job,
-                client,
-                app,
-                config,
-                exec,
-                rx,
-                workers,
-                "embedded".into(),
-                0.0,
-            )
-            .await
+            in_process(&job, store, *slots, app, config, "embedded".into()).await
         }
         (
             ServiceChoice::Embedded {
@@ -186,15 +171,9 @@ pub async fn run_job(
             result
         }
         (ServiceChoice::Servers(service), Executors::InProcess { slots }) => {
-            let client = Arc::new(SlowReads::new(
-                service::connect_remote(service).await?,
-                config.read_delay,
-            ));
-            let (tx, rx) = mpsc::unbounded_channel();
-            let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
-            let workers = vec![WorkerSlots::new((*slots).max(1))];
+            let client = service::connect_remote(service).await?;
             let label = service.urls.join(",");
-            drive(&job, client, app, config, exec, rx, workers, label, 0.0).await
+            in_process(&job, client, *slots, app, config, label).await
         }
         (ServiceChoice::Servers(service), Executors::Workers { .. }) => {
             let label = service.urls.join(",");
@@ -215,6 +194,22 @@ fn embedded_store(
     store.fsync_on_seal = false;
 
     Ok(EmbeddedShuffle::with_config(store)?)
+}
+
+/// Runs the tasks in this process, at most `slots` at once, with `client`.
+async fn in_process<C: ShuffleClient>(
+    job: &Arc<Job>,
+    client: C,
+    slots: u32,
+    app: AppId,
+    config: &RunConfig,
+    label: String,
+) -> Result<JobReport, EngineError> {
+    let client = Arc::new(SlowReads::new(client, config.read_delay));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
+    let workers = vec![WorkerSlots::new(slots.max(1))];
+    drive(job, client, app, config, exec, rx, workers, label, 0.0).await
 }
 
 async fn on_workers(

@@ -509,7 +509,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
         self.cancel_all();
         for handle in std::mem::take(&mut self.handles) {
             if let Err(e) = self.client.unregister_shuffle(&handle).await {
-                tracing_note(&self.bars, format!("releasing shuffle {}: {e}", handle.shuffle()));
+                note_on_first(&self.bars, format!("releasing shuffle {}: {e}", handle.shuffle()));
             }
         }
         self.register_shuffles().await?;
@@ -537,7 +537,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
     }
 }
 
-fn tracing_note(bars: &[std::sync::Arc<StageProgress>], msg: String) {
+fn note_on_first(bars: &[std::sync::Arc<StageProgress>], msg: String) {
     if let Some(bar) = bars.first() {
         bar.note(msg);
     }

@@ -235,16 +235,10 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
             ),
         });
     }
-    let context = |client| TaskContext {
-        client,
-        stage: key.stage,
-        task: key.task,
-        attempt: AttemptId(key.attempt),
-        handles,
-        writer_options,
-        counters,
-    };
-    match job.run_task(context(&**client)).await {
+    match job
+        .run_task(context(&**client, key, handles, writer_options, counters))
+        .await
+    {
         // A retried producer whose map an earlier attempt already committed
         // (its worker died after the commit, before it could say so): the
         // map's output is stored. Tasks are deterministic, so running it
@@ -255,21 +249,28 @@ pub async fn run_one<C: shuffle_client::ShuffleClient>(
         )) if !stage.outputs.is_empty() => {
             counters.reset();
             let dry = DryWrites::new(client.clone());
-            let TaskContext {
-                stage, task, attempt, ..
-            } = context(&**client);
-            job.run_task(TaskContext {
-                client: &dry,
-                stage,
-                task,
-                attempt,
-                handles,
-                writer_options,
-                counters,
-            })
-            .await
+            job.run_task(context(&dry, key, handles, writer_options, counters))
+                .await
         }
         other => other,
+    }
+}
+
+fn context<'a, C>(
+    client: &'a C,
+    key: TaskKey,
+    handles: &'a [ShuffleHandle],
+    writer_options: WriterOptions,
+    counters: &'a TaskCounters,
+) -> TaskContext<'a, C> {
+    TaskContext {
+        client,
+        stage: key.stage,
+        task: key.task,
+        attempt: AttemptId(key.attempt),
+        handles,
+        writer_options,
+        counters,
     }
 }
 

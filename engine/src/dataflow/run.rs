@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use shuffle_client::protocol::{MapId, PartitionId};
-use shuffle_client::{ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter};
+use shuffle_client::{ReadStats, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter};
 
 use super::ops::Chain;
 use super::sink::{SinkWriter, Summary};
@@ -162,6 +162,17 @@ async fn pump<W: ShuffleWriter>(
     Ok(())
 }
 
+/// Adds what a reader read since `seen` to the task's counters.
+fn count_read(counters: &TaskCounters, seen: &mut ReadStats, now: ReadStats) {
+    counters
+        .records_in
+        .fetch_add(now.records - seen.records, Ordering::Relaxed);
+    counters
+        .bytes_read
+        .fetch_add(now.fetched_bytes - seen.fetched_bytes, Ordering::Relaxed);
+    *seen = now;
+}
+
 /// Reads every record of one reader, feeding `each`; counts as it goes.
 async fn drain_reader<R: ShuffleReader>(
     reader: &mut R,
@@ -171,14 +182,7 @@ async fn drain_reader<R: ShuffleReader>(
     let mut seen = reader.stats();
     while let Some(batch) = reader.next_batch().await? {
         batch.for_each_record(&mut each)?;
-        let now = reader.stats();
-        counters
-            .records_in
-            .fetch_add(now.records - seen.records, Ordering::Relaxed);
-        counters
-            .bytes_read
-            .fetch_add(now.fetched_bytes - seen.fetched_bytes, Ordering::Relaxed);
-        seen = now;
+        count_read(counters, &mut seen, reader.stats());
     }
     Ok(())
 }
@@ -197,14 +201,7 @@ async fn join_side<R: ShuffleReader>(
             let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
             batch.for_each_record(|r| table.add(side, r))?;
         }
-        let now = reader.stats();
-        counters
-            .records_in
-            .fetch_add(now.records - seen.records, Ordering::Relaxed);
-        counters
-            .bytes_read
-            .fetch_add(now.fetched_bytes - seen.fetched_bytes, Ordering::Relaxed);
-        seen = now;
+        count_read(counters, &mut seen, reader.stats());
     }
     Ok(())
 }

@@ -259,21 +259,23 @@ impl RecordCursor for LineCursor {
     }
 }
 
+/// Every record a cursor emits, for tests.
+#[cfg(test)]
+pub(crate) fn drain(mut c: Box<dyn RecordCursor + '_>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while c
+        .fill(&mut |r| {
+            out.push(r.to_vec());
+            Ok(())
+        })
+        .expect("fill")
+    {}
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn drain(mut c: Box<dyn RecordCursor>) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while c
-            .fill(&mut |r| {
-                out.push(r.to_vec());
-                Ok(())
-            })
-            .expect("fill")
-        {}
-        out
-    }
 
     #[test]
     fn rows_are_split_exactly_over_tasks() {

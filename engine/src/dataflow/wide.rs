@@ -420,22 +420,11 @@ impl RecordCursor for JoinedCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::source::drain;
 
     fn pair(k: &[u8], v: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         kv::encode(k, v, &mut out);
-        out
-    }
-
-    fn drain(mut c: impl RecordCursor) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while c
-            .fill(&mut |r| {
-                out.push(r.to_vec());
-                Ok(())
-            })
-            .expect("fill")
-        {}
         out
     }
 
@@ -470,7 +459,7 @@ mod tests {
             }
             map.drain_states(|s| reduce.add(s, false)).expect("drain");
         }
-        let out = drain(reduce.into_final());
+        let out = drain(Box::new(reduce.into_final()));
         assert_eq!(out.len(), 1);
         let (k, v) = kv::decode(&out[0]).expect("pair");
         assert_eq!(k, b"k");
@@ -499,7 +488,7 @@ mod tests {
         for k in [&b"abcdefgh2"[..], b"b", b"abcdefgh1", b"", b"abc"] {
             buf.add(&pair(k, b"v")).expect("add");
         }
-        let keys: Vec<Vec<u8>> = drain(buf.into_sorted())
+        let keys: Vec<Vec<u8>> = drain(Box::new(buf.into_sorted()))
             .iter()
             .map(|r| kv::decode(r).expect("pair").0.to_vec())
             .collect();
@@ -523,7 +512,7 @@ mod tests {
         t.add(1, &pair(b"a", b"r1")).expect("add");
         t.add(0, &pair(b"only-left", b"x")).expect("add");
         t.add(1, &pair(b"only-right", b"y")).expect("add");
-        let out: Vec<(Vec<u8>, Vec<u8>)> = drain(t.into_joined())
+        let out: Vec<(Vec<u8>, Vec<u8>)> = drain(Box::new(t.into_joined()))
             .iter()
             .map(|r| {
                 let (k, both) = kv::decode(r).expect("pair");

@@ -26,3 +26,24 @@ pub fn report(out: &Output) -> Value {
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}"))
 }
+
+/// Waits for a job started with piped stdout and stderr, of which the
+/// caller already took (and read the start of) stderr: returns its report
+/// and the rest of stderr.
+pub fn finish(
+    child: std::process::Child,
+    mut stderr: impl std::io::Read + Send + 'static,
+) -> (Value, String) {
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let out = child.wait_with_output().expect("the engine ends");
+    let err = rest.join().expect("stderr reader");
+    let r = report(&Output {
+        stderr: err.clone().into_bytes(),
+        ..out
+    });
+    (r, err)
+}
