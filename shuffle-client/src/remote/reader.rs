@@ -2,7 +2,9 @@
 //! resumed from the next block if the connection breaks; a streaming one
 //! (pipelined, hybrid) is not (maps interleave in arrival order, a position
 //! cannot be replayed): it returns the connection error, and the engine
-//! restarts the consumer.
+//! restarts the consumer. A blocking fetch's resumes follow the client's
+//! retry policy (see `retry`), counted per interruption: every frame that
+//! arrives gives the next one a whole window again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use protocol::frame::{FetchRequest, Frame};
 use protocol::{Block, MapRange, PartitionId, ShuffleMode};
 
 use super::conn::Stream;
-use super::{retried_here, Inner};
+use super::retry::Backoff;
+use super::Inner;
 use crate::{ClientError, ReadStats, RecordBatch, ShuffleHandle, ShuffleReader};
 
 /// Reader of one partition on a remote server.
@@ -27,7 +30,7 @@ pub struct RemoteReader {
     done: bool,
     /// Blocking: resumable after a broken connection.
     resumable: bool,
-    retries: u32,
+    backoff: Backoff,
     stats: ReadStats,
 }
 
@@ -52,6 +55,7 @@ impl RemoteReader {
             maps,
             resume_from: 0,
         };
+        let backoff = Backoff::new(inner.retry_policy());
         let mut reader = RemoteReader {
             inner,
             server,
@@ -61,7 +65,7 @@ impl RemoteReader {
             position: 0,
             done: false,
             resumable: handle.spec().mode() == ShuffleMode::Blocking,
-            retries: 0,
+            backoff,
             stats: ReadStats::default(),
         };
         // Read the first frame now, so that a refusal (not sealed, unknown
@@ -80,28 +84,16 @@ impl RemoteReader {
     async fn fill(&mut self) -> Result<(), ClientError> {
         while self.pending.is_empty() && !self.done {
             match self.step().await {
-                Ok(_) => {}
-                Err(e)
-                    if self.resumable
-                        && retried_here(&e)
-                        && self.retries < self.inner.options.max_retries =>
-                {
-                    self.retries += 1;
-                    self.stream = None;
-                    let server = &self.inner.servers[self.server];
-                    server.data.reset();
-                    tracing::debug!(position = self.position, "fetch interrupted, resuming: {e}");
-                    let delay = self
-                        .inner
-                        .options
-                        .retry_backoff
-                        .saturating_mul(1 << self.retries.min(6));
-                    tokio::time::sleep(delay).await;
-                }
+                Ok(_) => self.backoff.reset(),
                 Err(e) => {
                     // Mid-stream the connection's state is unknown: drop it.
                     self.stream = None;
-                    return Err(e);
+                    if !self.resumable {
+                        return Err(e);
+                    }
+                    self.inner.servers[self.server].data.reset();
+                    self.backoff.wait("fetch", e).await?;
+                    tracing::debug!(position = self.position, "resuming the fetch");
                 }
             }
         }
