@@ -175,33 +175,24 @@ impl Inner {
             blocks,
         });
         self.retry("push", || async {
-            let mut stream = server.data.open().await?;
-            let result = async {
-                stream.send(&frame).await?;
-                stream.recv(self.options.request_timeout).await
-            }
-            .await;
-            match result {
-                Ok(Some(Frame::PushAck(ack))) => {
+            let (stream, reply) = server.data.exchange(&frame, self.options.request_timeout).await?;
+            match reply {
+                Frame::PushAck(ack) => {
                     server.data.give_back(stream);
                     Ok(PushAck {
                         stored: ack.stored,
                         duplicates: ack.duplicates,
                     })
                 }
-                Ok(Some(Frame::Error(e))) => {
+                Frame::Error(e) => {
                     server.data.give_back(stream);
                     Err(ClientError::from_service(e.error, &server.name))
                 }
-                Ok(other) => {
+                other => {
                     server.data.reset();
                     Err(server
                         .data
                         .error(format!("unexpected reply to a push: {other:?}")))
-                }
-                Err(e) => {
-                    server.data.reset();
-                    Err(server.data.error(e))
                 }
             }
         })

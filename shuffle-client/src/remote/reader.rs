@@ -102,22 +102,19 @@ impl RemoteReader {
 
     async fn step(&mut self) -> Result<Step, ClientError> {
         let server = self.inner.servers[self.server].clone();
-        if self.stream.is_none() {
-            let mut stream = server.data.open().await?;
-            self.request.resume_from = self.position;
-            stream
-                .send(&Frame::Fetch(self.request.clone()))
-                .await
-                .map_err(|e| server.data.error(e))?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(server.data.error("no stream"));
+        let timeout = self.inner.options.request_timeout;
+        let frame = match self.stream.as_mut() {
+            Some(stream) => stream.recv(timeout).await.map_err(|e| server.data.error(e))?,
+            None => {
+                self.request.resume_from = self.position;
+                let (stream, first) = server
+                    .data
+                    .exchange(&Frame::Fetch(self.request.clone()), timeout)
+                    .await?;
+                self.stream = Some(stream);
+                Some(first)
+            }
         };
-        let frame = stream
-            .recv(self.inner.options.request_timeout)
-            .await
-            .map_err(|e| server.data.error(e))?;
         match frame {
             Some(Frame::FetchBlocks(f)) => {
                 if f.first_index != self.position {
