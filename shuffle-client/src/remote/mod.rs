@@ -11,7 +11,8 @@
 //!   two racing attempts of a map cannot each win a different server: the
 //!   loser is refused by server 0 and stops.
 //! * Fetches stream, and resume from the next block after a broken
-//!   connection.
+//!   connection; every block received is checked to belong to the
+//!   request.
 //! * Retries: one policy (`retry.rs`) for every call, exponential backoff
 //!   with full jitter; connection-class errors are retried for
 //!   [`RemoteOptions::retry_window`], so a short server restart costs the

@@ -5,6 +5,10 @@
 //! restarts the consumer. A blocking fetch's resumes follow the client's
 //! retry policy (see `retry`), counted per interruption: every frame that
 //! arrives gives the next one a whole window again.
+//!
+//! Every block received must belong to the request (its shuffle, its
+//! partition, a map of its range); one that does not is
+//! [`ClientError::Corrupt`] and ends the read, with no retry.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,6 +35,9 @@ pub struct RemoteReader {
     /// Blocking: resumable after a broken connection.
     resumable: bool,
     backoff: Backoff,
+    /// Set when the server sent a block of another request: the read is
+    /// over, every later call returns the same `Corrupt` error.
+    corrupt: Option<String>,
     stats: ReadStats,
 }
 
@@ -66,6 +73,7 @@ impl RemoteReader {
             done: false,
             resumable: handle.spec().mode() == ShuffleMode::Blocking,
             backoff,
+            corrupt: None,
             stats: ReadStats::default(),
         };
         // Read the first frame now, so that a refusal (not sealed, unknown
@@ -83,6 +91,12 @@ impl RemoteReader {
     /// Receives frames until blocks are pending or the stream ended.
     async fn fill(&mut self) -> Result<(), ClientError> {
         while self.pending.is_empty() && !self.done {
+            if let Some(reason) = &self.corrupt {
+                return Err(ClientError::Corrupt {
+                    location: self.inner.servers[self.server].name.clone(),
+                    reason: reason.clone(),
+                });
+            }
             match self.step().await {
                 Ok(_) => self.backoff.reset(),
                 Err(e) => {
@@ -123,6 +137,13 @@ impl RemoteReader {
                         self.position, f.first_index
                     )));
                 }
+                if let Some(reason) = f.blocks.iter().find_map(|b| stray_block(&self.request, b)) {
+                    self.corrupt = Some(reason.clone());
+                    return Err(ClientError::Corrupt {
+                        location: server.name.clone(),
+                        reason,
+                    });
+                }
                 self.pending.extend(f.blocks);
                 Ok(Step::Blocks)
             }
@@ -151,6 +172,28 @@ impl RemoteReader {
     }
 }
 
+/// Why `block` does not belong in the stream of `request`, if it does not.
+fn stray_block(request: &FetchRequest, block: &Block) -> Option<String> {
+    let id = block.id();
+    let maps = &request.maps;
+    let wrong = if id.shuffle != request.shuffle {
+        "another shuffle"
+    } else if id.partition != request.partition {
+        "another partition"
+    } else if id.map < maps.start() || id.map >= maps.end() {
+        "a map outside the requested range"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "block {id} ({wrong}) arrived in the stream of {} of {}, maps {}..{}",
+        request.partition,
+        request.shuffle,
+        maps.start().0,
+        maps.end().0
+    ))
+}
+
 impl ShuffleReader for RemoteReader {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClientError> {
         self.fill().await?;
@@ -167,5 +210,52 @@ impl ShuffleReader for RemoteReader {
 
     fn stats(&self) -> ReadStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{AppId, AttemptId, BlockId, MapId, ShuffleId};
+
+    use super::*;
+
+    fn request() -> FetchRequest {
+        FetchRequest {
+            request_id: 1,
+            app: AppId::new("app").expect("app id"),
+            shuffle: ShuffleId(3),
+            partition: PartitionId(2),
+            maps: MapRange::new(MapId(1), MapId(4)).expect("range"),
+            resume_from: 0,
+        }
+    }
+
+    fn block(shuffle: u32, map: u32, partition: u32) -> Block {
+        let id = BlockId {
+            shuffle: ShuffleId(shuffle),
+            map: MapId(map),
+            attempt: AttemptId(0),
+            partition: PartitionId(partition),
+            seq: 0,
+        };
+        Block::seal(id, vec![1, 2, 3], 1, false).expect("block")
+    }
+
+    #[test]
+    fn only_blocks_of_the_request_belong_in_its_stream() {
+        let r = request();
+        assert_eq!(stray_block(&r, &block(3, 1, 2)), None);
+        assert_eq!(stray_block(&r, &block(3, 3, 2)), None);
+        for (b, wrong) in [
+            (block(4, 1, 2), "another shuffle"),
+            (block(3, 1, 0), "another partition"),
+            (block(3, 0, 2), "outside the requested range"),
+            (block(3, 4, 2), "outside the requested range"),
+        ] {
+            let reason = stray_block(&r, &b).expect("stray");
+            assert!(reason.contains(wrong), "{reason}");
+            assert!(reason.contains(&b.id().to_string()), "{reason}");
+            assert!(reason.contains("arrived in the stream of partition"), "{reason}");
+        }
     }
 }
