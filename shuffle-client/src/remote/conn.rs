@@ -2,10 +2,16 @@
 //! whole life: a pooled TCP connection (returned to the pool after a clean
 //! reply) or a fresh QUIC bidirectional stream. So a slow reader never
 //! holds up another request (no head-of-line blocking between fetches).
+//!
+//! Pooled TCP connections can die while idle (the server restarted, or
+//! closed them after its idle timeout): the pool forgets connections idle
+//! for longer than [`MAX_IDLE_AGE`], and a request whose pooled connection
+//! turns out dead before any reply ([`DataClient::exchange`]) is sent again
+//! at once on a fresh connection, costing no retry of the policy.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
@@ -22,6 +28,12 @@ use crate::ClientError;
 const ALPN: &[u8] = b"rss/1";
 /// Idle TCP connections kept per server.
 const MAX_IDLE: usize = 16;
+/// Longest time a TCP connection waits in the pool before it is dropped
+/// instead of reused. Servers close connections idle for longer than their
+/// idle timeout (120 s by default); staying well below it means a pooled
+/// connection is almost never closed by the server under our feet, and the
+/// rare one that is gets replaced (see [`DataClient::exchange`]).
+pub(crate) const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
 
 /// Frames over a byte stream, with the shared codec.
 #[derive(Debug)]
@@ -81,6 +93,28 @@ pub(crate) enum StreamError {
     Quic(String),
     #[error("timed out")]
     Timeout,
+    #[error("connection closed before a reply")]
+    Closed,
+}
+
+impl StreamError {
+    /// True when the connection was already gone: closed or reset by the
+    /// peer, or a broken pipe (not a timeout, not bad data).
+    fn is_dead_connection(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            StreamError::Closed => true,
+            StreamError::Io(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
 }
 
 type TcpConn = FrameConn<OwnedReadHalf, OwnedWriteHalf>;
@@ -123,8 +157,16 @@ impl Stream {
 pub(crate) struct DataClient {
     pub url: ServerUrl,
     connect_timeout: Duration,
-    idle: Mutex<Vec<TcpConn>>,
+    /// Connections of completed requests, oldest first.
+    idle: Mutex<Vec<Idle>>,
     quic: Option<QuicClient>,
+}
+
+/// A pooled connection and when it was returned.
+#[derive(Debug)]
+struct Idle {
+    conn: TcpConn,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -239,26 +281,66 @@ impl DataClient {
             .map_err(|e| self.error(e))
     }
 
-    /// A stream for one request.
-    pub async fn open(&self) -> Result<Stream, ClientError> {
+    /// A stream for one request: a pooled TCP connection when there is one
+    /// (then `true`), else a new one.
+    async fn open_tracked(&self) -> Result<(Stream, bool), ClientError> {
         match &self.quic {
-            None => {
-                let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-                match pooled {
-                    Some(conn) => Ok(Stream::Tcp(conn)),
-                    None => Ok(Stream::Tcp(self.connect_tcp().await?.0)),
-                }
-            }
+            None => match self.take_pooled(Instant::now()) {
+                Some(conn) => Ok((Stream::Tcp(conn), true)),
+                None => Ok((Stream::Tcp(self.connect_tcp().await?.0), false)),
+            },
             Some(q) => {
                 let conn = self.quic_connection(q).await?;
                 match conn.open_bi().await {
-                    Ok((send, recv)) => Ok(Stream::Quic(FrameConn::new(recv, send))),
+                    Ok((send, recv)) => Ok((Stream::Quic(FrameConn::new(recv, send)), false)),
                     Err(e) => {
                         // Forget a dead connection; the next request reconnects.
                         q.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
                         Err(self.error(e))
                     }
                 }
+            }
+        }
+    }
+
+    /// A stream for one request.
+    pub async fn open(&self) -> Result<Stream, ClientError> {
+        Ok(self.open_tracked().await?.0)
+    }
+
+    /// The newest pooled connection idle for at most [`MAX_IDLE_AGE`] at
+    /// `now`; older ones are dropped.
+    fn take_pooled(&self, now: Instant) -> Option<TcpConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|i| now.saturating_duration_since(i.since) <= MAX_IDLE_AGE);
+        idle.pop().map(|i| i.conn)
+    }
+
+    /// Sends `request` on a stream of its own and waits up to `timeout` for
+    /// the first reply frame. When the stream was a pooled connection that
+    /// turns out dead (closed or reset before any reply), the request is
+    /// sent once more at once on a fresh connection: the server never saw
+    /// it on the dead one, so this is not a retry. Any stream failure
+    /// empties the pool (its other connections are likely dead too).
+    pub async fn exchange(&self, request: &Frame, timeout: Duration) -> Result<(Stream, Frame), ClientError> {
+        let (mut stream, pooled) = self.open_tracked().await?;
+        match send_and_recv(&mut stream, request, timeout).await {
+            Ok(reply) => return Ok((stream, reply)),
+            Err(e) if pooled && e.is_dead_connection() => {
+                tracing::debug!(server = %self.url, "pooled connection was dead ({e}); using a fresh one");
+                self.reset();
+            }
+            Err(e) => {
+                self.reset();
+                return Err(self.error(e));
+            }
+        }
+        let mut stream = Stream::Tcp(self.connect_tcp().await?.0);
+        match send_and_recv(&mut stream, request, timeout).await {
+            Ok(reply) => Ok((stream, reply)),
+            Err(e) => {
+                self.reset();
+                Err(self.error(e))
             }
         }
     }
@@ -294,10 +376,24 @@ impl DataClient {
         if let Stream::Tcp(conn) = stream {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < MAX_IDLE && conn.buf.is_empty() {
-                idle.push(conn);
+                idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
             }
         }
     }
+}
+
+/// Sends `request` and receives the first reply; a close before it is an
+/// error ([`StreamError::Closed`]).
+async fn send_and_recv(
+    stream: &mut Stream,
+    request: &Frame,
+    timeout: Duration,
+) -> Result<Frame, StreamError> {
+    stream.send(request).await?;
+    stream.recv(timeout).await?.ok_or(StreamError::Closed)
 }
 
 fn hello_frame() -> Frame {
@@ -307,4 +403,37 @@ fn hello_frame() -> Frame {
         // Replies are read with the protocol's default limit.
         max_frame_len: protocol::frame::DEFAULT_MAX_FRAME_LEN,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use shuffle_server::config::ServerConfig;
+    use shuffle_server::LocalServer;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pool_drops_connections_idle_for_longer_than_the_max_age() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut config = ServerConfig::new(vec![tmp.path().join("d")]);
+        config.fsync_on_seal = false;
+        let server = LocalServer::start(config).await.expect("server");
+        let url: ServerUrl = server.tcp_url().parse().expect("url");
+        let data = DataClient::new(url, Duration::from_secs(5), &QuicTrust::None).expect("client");
+        let returned = Instant::now();
+        // The hello's connection goes back to the pool.
+        data.hello().await.expect("hello");
+        let young = returned + MAX_IDLE_AGE / 2;
+        let conn = data.take_pooled(young).expect("a young connection is reused");
+        data.give_back(Stream::Tcp(conn));
+        let old = Instant::now() + MAX_IDLE_AGE + Duration::from_secs(1);
+        assert!(data.take_pooled(old).is_none(), "an old connection is dropped");
+        assert!(
+            data.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
+            "and forgotten"
+        );
+    }
 }

@@ -16,14 +16,21 @@ pub(crate) struct Control {
 
 impl Control {
     /// Connects lazily: the channel dials on first use and redials after
-    /// failures.
-    pub fn new(server: String, authority: &str, timeout: std::time::Duration) -> Result<Self, ClientError> {
+    /// failures. Each call waits at most `request_timeout` (then fails as a
+    /// `Connection` error, retried by the policy).
+    pub fn new(
+        server: String,
+        authority: &str,
+        connect_timeout: std::time::Duration,
+        request_timeout: std::time::Duration,
+    ) -> Result<Self, ClientError> {
         let endpoint = Channel::from_shared(format!("http://{authority}"))
             .map_err(|e| ClientError::Connection {
                 server: server.clone(),
                 reason: e.to_string(),
             })?
-            .connect_timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
             .tcp_nodelay(true);
         Ok(Control {
             client: ShuffleControlClient::new(endpoint.connect_lazy()),

@@ -11,13 +11,19 @@
 //!   two racing attempts of a map cannot each win a different server: the
 //!   loser is refused by server 0 and stops.
 //! * Fetches stream, and resume from the next block after a broken
-//!   connection.
+//!   connection; every block received is checked to belong to the
+//!   request.
+//! * Retries: one policy (`retry.rs`) for every call, exponential backoff
+//!   with full jitter; connection-class errors are retried for
+//!   [`RemoteOptions::retry_window`], so a short server restart costs the
+//!   caller nothing.
 //! * Apps are registered on first use and kept alive by a heartbeat task
 //!   until they are unregistered or the client is dropped.
 
 mod conn;
 mod control;
 mod reader;
+mod retry;
 mod tls;
 mod url;
 mod writer;
@@ -36,6 +42,7 @@ use shuffle_server::proto;
 use self::conn::DataClient;
 use self::control::Control;
 pub use self::reader::RemoteReader;
+use self::retry::RetryPolicy;
 pub use self::tls::QuicTrust;
 pub use self::url::{ServerUrl, Transport};
 pub use self::writer::RemoteWriter;
@@ -44,18 +51,34 @@ use crate::client::Placement;
 use crate::{ClientError, CommitAck, PushAck, ShuffleClient, ShuffleHandle, ShuffleStatus, WriterOptions};
 
 /// Settings of a [`RemoteShuffle`].
+///
+/// Retries follow one policy (see the `retry` module docs for its bounds):
+/// connection-class errors (`Connection`, `Draining`, `Busy`) are retried
+/// for `retry_window`, other retryable errors (`Internal`, `Io`) at most
+/// `max_retries` times, `NotReady` never; before retry `n` the call sleeps
+/// a random time in `[0, min(retry_max_delay, retry_backoff * 2^n)]`.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
     /// Longest wait to connect (TCP, QUIC handshake, hello). Default 5 s.
     pub connect_timeout: Duration,
-    /// Longest wait for a reply or the next fetch frame. A push may wait for
-    /// server memory credit, so this is generous. Default 120 s.
+    /// Longest wait for a reply or the next fetch frame (and for a
+    /// control-plane call). A push may wait for server memory credit, so
+    /// this is generous. Default 120 s.
     pub request_timeout: Duration,
-    /// Retries of a push, commit or fetch after a retryable error.
-    /// Default 5.
+    /// Retries of a call after a server-side or I/O failure (`Internal`,
+    /// `Io`). Connection-class errors are not counted: they are retried
+    /// for `retry_window`. Default 5.
     pub max_retries: u32,
-    /// First retry delay, doubled each time. Default 50 ms.
+    /// Bound of the first retry delay, doubled at each retry (the delay
+    /// is random below it). Default 50 ms.
     pub retry_backoff: Duration,
+    /// Bound of any one retry delay. Default 2 s.
+    pub retry_max_delay: Duration,
+    /// How long a call retries connection-class errors (`Connection`,
+    /// `Draining`, `Busy`), from its first failure: a server restart
+    /// shorter than this costs the caller nothing. `Duration::ZERO`
+    /// returns them at once. Default 30 s.
+    pub retry_window: Duration,
     /// Bytes of blocks sent per push request, lowered for a server whose
     /// frame limit (announced in its hello) is smaller. Default 4 MiB.
     pub push_batch_bytes: usize,
@@ -72,6 +95,8 @@ impl Default for RemoteOptions {
             request_timeout: Duration::from_secs(120),
             max_retries: 5,
             retry_backoff: Duration::from_millis(50),
+            retry_max_delay: Duration::from_secs(2),
+            retry_window: Duration::from_secs(30),
             push_batch_bytes: 4 << 20,
             max_in_flight_pushes: 4,
             quic_trust: QuicTrust::None,
@@ -121,25 +146,18 @@ impl Inner {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Retries `op` on retryable errors, with exponential backoff.
-    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    /// The retry policy of every call of this client.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(&self.options)
+    }
+
+    /// Runs `op` (named `what` in the logs) under the retry policy.
+    pub async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ClientError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut delay = self.options.retry_backoff;
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(e) if retried_here(&e) && attempt < self.options.max_retries => {
-                    tracing::debug!(attempt, "retrying after: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2).min(Duration::from_secs(5));
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retry::retry(self.retry_policy(), what, op).await
     }
 
     /// One push of blocks to server `index`, retried on connection errors.
@@ -157,46 +175,30 @@ impl Inner {
             shuffle,
             blocks,
         });
-        self.retry(|| async {
-            let mut stream = server.data.open().await?;
-            let result = async {
-                stream.send(&frame).await?;
-                stream.recv(self.options.request_timeout).await
-            }
-            .await;
-            match result {
-                Ok(Some(Frame::PushAck(ack))) => {
+        self.retry("push", || async {
+            let (stream, reply) = server.data.exchange(&frame, self.options.request_timeout).await?;
+            match reply {
+                Frame::PushAck(ack) => {
                     server.data.give_back(stream);
                     Ok(PushAck {
                         stored: ack.stored,
                         duplicates: ack.duplicates,
                     })
                 }
-                Ok(Some(Frame::Error(e))) => {
+                Frame::Error(e) => {
                     server.data.give_back(stream);
                     Err(ClientError::from_service(e.error, &server.name))
                 }
-                Ok(other) => {
+                other => {
                     server.data.reset();
                     Err(server
                         .data
                         .error(format!("unexpected reply to a push: {other:?}")))
                 }
-                Err(e) => {
-                    server.data.reset();
-                    Err(server.data.error(e))
-                }
             }
         })
         .await
     }
-}
-
-/// Errors the client retries by itself: transport and server-side failures.
-/// `NotReady` is retryable too, but only the caller knows when to try again
-/// (after more maps commit), so it is returned at once.
-pub(crate) fn retried_here(e: &ClientError) -> bool {
-    e.is_retryable() && !matches!(e, ClientError::NotReady { .. })
 }
 
 /// Shuffle servers over TCP or QUIC, as a [`ShuffleClient`].
@@ -224,6 +226,7 @@ impl RemoteShuffle {
                 name.clone(),
                 &url.authority_with_port(hello.grpc_port),
                 options.connect_timeout,
+                options.request_timeout,
             )?;
             let fits = (hello.max_frame_len as usize).saturating_sub(PUSH_FRAME_OVERHEAD);
             let push_batch_bytes = options.push_batch_bytes.min(fits).max(1);
@@ -309,7 +312,7 @@ impl RemoteShuffle {
             };
             let reply = self
                 .inner
-                .retry(|| {
+                .retry("register_app", || {
                     let mut c = server.control.client.clone();
                     let request = request.clone();
                     async move { c.register_app(request).await.map_err(|s| server.control.error(s)) }
@@ -348,7 +351,7 @@ impl RemoteShuffle {
     }
 
     /// Calls `f` on every server's control plane, in order, with retries.
-    async fn on_every_server<T, F, Fut>(&self, f: F) -> Result<Vec<T>, ClientError>
+    async fn on_every_server<T, F, Fut>(&self, what: &str, f: F) -> Result<Vec<T>, ClientError>
     where
         F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -357,7 +360,7 @@ impl RemoteShuffle {
         for server in &self.inner.servers {
             let reply = self
                 .inner
-                .retry(|| {
+                .retry(what, || {
                     let fut = f(server.control.client.clone());
                     async move { fut.await.map_err(|s| server.control.error(s)) }
                 })
@@ -404,7 +407,7 @@ impl ShuffleClient for RemoteShuffle {
             num_partitions: spec.num_partitions(),
             mode: u32::from(spec.mode().code()),
         };
-        self.on_every_server(|mut c| {
+        self.on_every_server("register_shuffle", |mut c| {
             let request = request.clone();
             async move { c.register_shuffle(request).await }
         })
@@ -490,7 +493,7 @@ impl ShuffleClient for RemoteShuffle {
         self.placement_of(handle)?;
         let request = shuffle_ref(handle);
         let replies = self
-            .on_every_server(|mut c| {
+            .on_every_server("shuffle_status", |mut c| {
                 let request = request.clone();
                 async move { c.shuffle_status(request).await }
             })
@@ -506,7 +509,7 @@ impl ShuffleClient for RemoteShuffle {
     async fn unregister_shuffle(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
         self.placement_of(handle)?;
         let request = shuffle_ref(handle);
-        self.on_every_server(|mut c| {
+        self.on_every_server("unregister_shuffle", |mut c| {
             let request = request.clone();
             async move { c.unregister_shuffle(request).await }
         })
@@ -527,7 +530,7 @@ impl ShuffleClient for RemoteShuffle {
         let request = proto::AppRequest {
             app_id: app.to_string(),
         };
-        self.on_every_server(|mut c| {
+        self.on_every_server("unregister_app", |mut c| {
             let request = request.clone();
             async move { c.unregister_app(request).await }
         })
@@ -564,7 +567,7 @@ pub(crate) async fn commit_on_every_server(
             blocks,
         };
         let reply = inner
-            .retry(|| {
+            .retry("commit_map", || {
                 let mut c = server.control.client.clone();
                 let request = request.clone();
                 async move { c.commit_map(request).await.map_err(|s| server.control.error(s)) }

@@ -2,7 +2,13 @@
 //! resumed from the next block if the connection breaks; a streaming one
 //! (pipelined, hybrid) is not (maps interleave in arrival order, a position
 //! cannot be replayed): it returns the connection error, and the engine
-//! restarts the consumer.
+//! restarts the consumer. A blocking fetch's resumes follow the client's
+//! retry policy (see `retry`), counted per interruption: every frame that
+//! arrives gives the next one a whole window again.
+//!
+//! Every block received must belong to the request (its shuffle, its
+//! partition, a map of its range); one that does not is
+//! [`ClientError::Corrupt`] and ends the read, with no retry.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,7 +17,8 @@ use protocol::frame::{FetchRequest, Frame};
 use protocol::{Block, MapRange, PartitionId, ShuffleMode};
 
 use super::conn::Stream;
-use super::{retried_here, Inner};
+use super::retry::Backoff;
+use super::Inner;
 use crate::{ClientError, ReadStats, RecordBatch, ShuffleHandle, ShuffleReader};
 
 /// Reader of one partition on a remote server.
@@ -27,7 +34,10 @@ pub struct RemoteReader {
     done: bool,
     /// Blocking: resumable after a broken connection.
     resumable: bool,
-    retries: u32,
+    backoff: Backoff,
+    /// Set when the server sent a block of another request: the read is
+    /// over, every later call returns the same `Corrupt` error.
+    corrupt: Option<String>,
     stats: ReadStats,
 }
 
@@ -52,6 +62,7 @@ impl RemoteReader {
             maps,
             resume_from: 0,
         };
+        let backoff = Backoff::new(inner.retry_policy());
         let mut reader = RemoteReader {
             inner,
             server,
@@ -61,7 +72,8 @@ impl RemoteReader {
             position: 0,
             done: false,
             resumable: handle.spec().mode() == ShuffleMode::Blocking,
-            retries: 0,
+            backoff,
+            corrupt: None,
             stats: ReadStats::default(),
         };
         // Read the first frame now, so that a refusal (not sealed, unknown
@@ -79,29 +91,23 @@ impl RemoteReader {
     /// Receives frames until blocks are pending or the stream ended.
     async fn fill(&mut self) -> Result<(), ClientError> {
         while self.pending.is_empty() && !self.done {
+            if let Some(reason) = &self.corrupt {
+                return Err(ClientError::Corrupt {
+                    location: self.inner.servers[self.server].name.clone(),
+                    reason: reason.clone(),
+                });
+            }
             match self.step().await {
-                Ok(_) => {}
-                Err(e)
-                    if self.resumable
-                        && retried_here(&e)
-                        && self.retries < self.inner.options.max_retries =>
-                {
-                    self.retries += 1;
-                    self.stream = None;
-                    let server = &self.inner.servers[self.server];
-                    server.data.reset();
-                    tracing::debug!(position = self.position, "fetch interrupted, resuming: {e}");
-                    let delay = self
-                        .inner
-                        .options
-                        .retry_backoff
-                        .saturating_mul(1 << self.retries.min(6));
-                    tokio::time::sleep(delay).await;
-                }
+                Ok(_) => self.backoff.reset(),
                 Err(e) => {
                     // Mid-stream the connection's state is unknown: drop it.
                     self.stream = None;
-                    return Err(e);
+                    if !self.resumable {
+                        return Err(e);
+                    }
+                    self.inner.servers[self.server].data.reset();
+                    self.backoff.wait("fetch", e).await?;
+                    tracing::debug!(position = self.position, "resuming the fetch");
                 }
             }
         }
@@ -110,22 +116,19 @@ impl RemoteReader {
 
     async fn step(&mut self) -> Result<Step, ClientError> {
         let server = self.inner.servers[self.server].clone();
-        if self.stream.is_none() {
-            let mut stream = server.data.open().await?;
-            self.request.resume_from = self.position;
-            stream
-                .send(&Frame::Fetch(self.request.clone()))
-                .await
-                .map_err(|e| server.data.error(e))?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(server.data.error("no stream"));
+        let timeout = self.inner.options.request_timeout;
+        let frame = match self.stream.as_mut() {
+            Some(stream) => stream.recv(timeout).await.map_err(|e| server.data.error(e))?,
+            None => {
+                self.request.resume_from = self.position;
+                let (stream, first) = server
+                    .data
+                    .exchange(&Frame::Fetch(self.request.clone()), timeout)
+                    .await?;
+                self.stream = Some(stream);
+                Some(first)
+            }
         };
-        let frame = stream
-            .recv(self.inner.options.request_timeout)
-            .await
-            .map_err(|e| server.data.error(e))?;
         match frame {
             Some(Frame::FetchBlocks(f)) => {
                 if f.first_index != self.position {
@@ -133,6 +136,13 @@ impl RemoteReader {
                         "fetch stream skipped: expected block {}, got {}",
                         self.position, f.first_index
                     )));
+                }
+                if let Some(reason) = f.blocks.iter().find_map(|b| stray_block(&self.request, b)) {
+                    self.corrupt = Some(reason.clone());
+                    return Err(ClientError::Corrupt {
+                        location: server.name.clone(),
+                        reason,
+                    });
                 }
                 self.pending.extend(f.blocks);
                 Ok(Step::Blocks)
@@ -162,6 +172,28 @@ impl RemoteReader {
     }
 }
 
+/// Why `block` does not belong in the stream of `request`, if it does not.
+fn stray_block(request: &FetchRequest, block: &Block) -> Option<String> {
+    let id = block.id();
+    let maps = &request.maps;
+    let wrong = if id.shuffle != request.shuffle {
+        "another shuffle"
+    } else if id.partition != request.partition {
+        "another partition"
+    } else if id.map < maps.start() || id.map >= maps.end() {
+        "a map outside the requested range"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "block {id} ({wrong}) arrived in the stream of {} of {}, maps {}..{}",
+        request.partition,
+        request.shuffle,
+        maps.start().0,
+        maps.end().0
+    ))
+}
+
 impl ShuffleReader for RemoteReader {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClientError> {
         self.fill().await?;
@@ -178,5 +210,52 @@ impl ShuffleReader for RemoteReader {
 
     fn stats(&self) -> ReadStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{AppId, AttemptId, BlockId, MapId, ShuffleId};
+
+    use super::*;
+
+    fn request() -> FetchRequest {
+        FetchRequest {
+            request_id: 1,
+            app: AppId::new("app").expect("app id"),
+            shuffle: ShuffleId(3),
+            partition: PartitionId(2),
+            maps: MapRange::new(MapId(1), MapId(4)).expect("range"),
+            resume_from: 0,
+        }
+    }
+
+    fn block(shuffle: u32, map: u32, partition: u32) -> Block {
+        let id = BlockId {
+            shuffle: ShuffleId(shuffle),
+            map: MapId(map),
+            attempt: AttemptId(0),
+            partition: PartitionId(partition),
+            seq: 0,
+        };
+        Block::seal(id, vec![1, 2, 3], 1, false).expect("block")
+    }
+
+    #[test]
+    fn only_blocks_of_the_request_belong_in_its_stream() {
+        let r = request();
+        assert_eq!(stray_block(&r, &block(3, 1, 2)), None);
+        assert_eq!(stray_block(&r, &block(3, 3, 2)), None);
+        for (b, wrong) in [
+            (block(4, 1, 2), "another shuffle"),
+            (block(3, 1, 0), "another partition"),
+            (block(3, 0, 2), "outside the requested range"),
+            (block(3, 4, 2), "outside the requested range"),
+        ] {
+            let reason = stray_block(&r, &b).expect("stray");
+            assert!(reason.contains(wrong), "{reason}");
+            assert!(reason.contains(&b.id().to_string()), "{reason}");
+            assert!(reason.contains("arrived in the stream of partition"), "{reason}");
+        }
     }
 }
