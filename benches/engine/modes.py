@@ -39,7 +39,7 @@ def start_daemon(bin_dir, data_dir, budget):
     ports = [free_port() for _ in range(4)]
     args = [
         str(bin_dir / "shuffle-server"),
-        "--data-dir", data_dir,
+        "--data-dir", data_dir, "--create-data-dirs",
         "--listen", f"127.0.0.1:{ports[0]}",
         "--quic-listen", f"127.0.0.1:{ports[1]}",
         "--grpc-listen", f"127.0.0.1:{ports[2]}",

@@ -47,6 +47,7 @@ impl Daemon {
         let mut child = Command::new(server_binary()?)
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--create-data-dirs")
             .args([
                 "--listen",
                 any,

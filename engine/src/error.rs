@@ -9,12 +9,13 @@ pub enum EngineError {
     #[error("shuffle: {0}")]
     Shuffle(#[from] ClientError),
     /// An input or output file could not be used.
-    #[error("{op} {}: {source}", path.display())]
+    /// The cause is part of the message (not also a `source()`, which
+    /// would print it twice in an error chain).
+    #[error("{op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A job parameter is unusable.
     #[error("invalid {what}: {reason}")]
@@ -113,7 +114,7 @@ impl EngineError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
-        move |source| EngineError::Io { op, path, source }
+        move |error| EngineError::Io { op, path, error }
     }
 
     /// Whether running the task again (a new attempt) may succeed.

@@ -57,7 +57,7 @@ impl RecordCursor for Rows {
                     return Err(EngineError::Io {
                         op: "read",
                         path: "flaky source".into(),
-                        source: std::io::Error::other("injected failure"),
+                        error: std::io::Error::other("injected failure"),
                     });
                 }
             }

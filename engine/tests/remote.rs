@@ -12,6 +12,7 @@ async fn servers(n: usize, tmp: &tempfile::TempDir) -> Vec<LocalServer> {
     for i in 0..n {
         let mut config = ServerConfig::new(vec![tmp.path().join(format!("server-{i}"))]);
         config.fsync_on_seal = false;
+        config.create_data_dirs = true;
         out.push(LocalServer::start(config).await.expect("server starts"));
     }
     out

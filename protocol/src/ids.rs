@@ -10,11 +10,14 @@ use crate::ProtocolError;
 /// Longest accepted [`AppId`], in bytes.
 pub const MAX_APP_ID_LEN: usize = 128;
 
-/// An application id: 1 to 128 characters of `[A-Za-z0-9._-]`, and neither
-/// `.` nor `..`.
+/// An application id: 1 to 128 characters of `[A-Za-z0-9._-]`, not starting
+/// with `.`.
 ///
 /// Because of that rule an `AppId` is always safe to use as one path
-/// component: it cannot contain a separator, a NUL, or climb out of a folder.
+/// component: it cannot contain a separator, a NUL, or climb out of a folder
+/// (`.` and `..` are refused), and it never names a hidden entry, so the
+/// server keeps its own folders (such as `.quarantine`) beside the apps'
+/// without a clash.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppId(Arc<str>);
 
@@ -33,8 +36,8 @@ impl AppId {
         if value.len() > MAX_APP_ID_LEN {
             return Err(reject("longer than 128 bytes"));
         }
-        if value == "." || value == ".." {
-            return Err(reject("must not be `.` or `..`"));
+        if value.starts_with('.') {
+            return Err(reject("must not start with `.`"));
         }
         if !value
             .bytes()
@@ -178,7 +181,7 @@ mod tests {
 
     #[test]
     fn app_id_accepts_the_documented_alphabet() {
-        for ok in ["a", "app-1", "A.b_c-9", ".hidden", "..x", &"x".repeat(128)] {
+        for ok in ["a", "app-1", "A.b_c-9", "x..", "a.hidden", &"x".repeat(128)] {
             assert_eq!(AppId::new(ok).map(|a| a.to_string()), Ok(ok.to_string()));
         }
     }
@@ -187,7 +190,7 @@ mod tests {
     fn app_id_refuses_hostile_values() {
         let long = "x".repeat(129);
         for bad in [
-            "", ".", "..", "../x", "/etc", "a/b", "a\\b", "a\0b", "a b", "é", "~", &long,
+            "", ".", "..", "../x", ".hidden", "..x", "/etc", "a/b", "a\\b", "a\0b", "a b", "é", "~", &long,
         ] {
             let err = AppId::new(bad).expect_err(bad);
             assert!(matches!(err, ProtocolError::InvalidId { kind: "app id", .. }));

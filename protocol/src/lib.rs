@@ -15,6 +15,7 @@
 pub mod block;
 mod error;
 pub mod frame;
+mod hash;
 pub mod ids;
 pub mod mode;
 pub mod records;
@@ -24,6 +25,7 @@ mod wire;
 
 pub use block::{Block, BlockHeader, BlockId, Codec};
 pub use error::ProtocolError;
+pub use hash::fnv1a64;
 pub use ids::{AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId};
 pub use mode::{CommitManifest, ShuffleMode, ShuffleSpec, SpillStrategy};
 pub use service_error::ServiceError;

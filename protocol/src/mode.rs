@@ -62,6 +62,22 @@ impl ShuffleMode {
             .ok_or_else(|| ProtocolError::malformed("shuffle mode", format!("unknown code {code}")))
     }
 
+    /// Readers may attach while producers still write (pipelined, hybrid);
+    /// blocking readers open only after the seal.
+    pub fn streams(self) -> bool {
+        !matches!(self, ShuffleMode::Blocking)
+    }
+
+    /// Every block is on disk and the seal is persisted, so a sealed
+    /// shuffle survives a restart and any reader can read it again
+    /// (blocking, hybrid-full).
+    pub fn persists_seal(self) -> bool {
+        matches!(
+            self,
+            ShuffleMode::Blocking | ShuffleMode::Hybrid(SpillStrategy::Full)
+        )
+    }
+
     /// The name used on command lines and in reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -108,6 +108,14 @@ pub enum ServiceError {
         partition: PartitionId,
         map: MapId,
     },
+    /// A server limit (apps, shuffles, maps x partitions, connections)
+    /// would be exceeded: `limit` names the setting, `max` is its value and
+    /// `requested` what the request would have needed. Not retryable as is.
+    LimitExceeded {
+        limit: String,
+        max: u64,
+        requested: u64,
+    },
     /// A kind this version does not know.
     Other {
         kind: u16,
@@ -138,6 +146,7 @@ impl ServiceError {
             ServiceError::Internal { .. } => 17,
             ServiceError::AttemptFailed { .. } => 18,
             ServiceError::DataGone { .. } => 19,
+            ServiceError::LimitExceeded { .. } => 20,
             ServiceError::Other { kind, .. } => *kind,
         }
     }
@@ -163,6 +172,7 @@ impl ServiceError {
             ServiceError::Internal { .. } => "internal",
             ServiceError::AttemptFailed { .. } => "attempt_failed",
             ServiceError::DataGone { .. } => "data_gone",
+            ServiceError::LimitExceeded { .. } => "limit_exceeded",
             ServiceError::Other { .. } => "other",
         }
     }
@@ -234,6 +244,15 @@ impl ServiceError {
             } => put_u32s(&mut d, &[shuffle.0, *committed, *num_maps]),
             ServiceError::AttemptFailed { map, attempt } => put_u32s(&mut d, &[map.0, attempt.0]),
             ServiceError::DataGone { partition, map } => put_u32s(&mut d, &[partition.0, map.0]),
+            ServiceError::LimitExceeded {
+                limit,
+                max,
+                requested,
+            } => {
+                wire::put_string(&mut d, limit);
+                d.put_u64_le(*max);
+                d.put_u64_le(*requested);
+            }
             ServiceError::Draining | ServiceError::Other { .. } => {}
         }
         out.put_u16_le(d.len().min(usize::from(u16::MAX)) as u16);
@@ -372,6 +391,11 @@ impl ServiceError {
                     map: MapId(v[1]),
                 }
             }
+            20 => ServiceError::LimitExceeded {
+                limit: wire::string(d, "error limit")?,
+                max: wire::u64(d, "error detail")?,
+                requested: wire::u64(d, "error detail")?,
+            },
             kind => {
                 d.advance(d.remaining());
                 ServiceError::Other { kind, message }
@@ -500,6 +524,11 @@ impl fmt::Display for ServiceError {
                 f,
                 "the in-memory blocks of {map} in {partition} were already consumed by another reader"
             ),
+            ServiceError::LimitExceeded {
+                limit,
+                max,
+                requested,
+            } => write!(f, "limit {limit} is {max}; this request needs {requested}"),
             ServiceError::Other { kind, message } => write!(f, "error {kind}: {message}"),
         }
     }
@@ -593,6 +622,11 @@ mod tests {
             ServiceError::DataGone {
                 partition: PartitionId(2),
                 map: MapId(4),
+            },
+            ServiceError::LimitExceeded {
+                limit: "max_apps".into(),
+                max: 10,
+                requested: 11,
             },
             ServiceError::Other {
                 kind: 999,

@@ -46,7 +46,7 @@ impl EmbeddedShuffle {
     /// of hybrid-selective shuffles...). Starts the store's spill sweep.
     pub fn with_config(config: StoreConfig) -> Result<Self, ClientError> {
         let store = Arc::new(Store::open(config)?);
-        store.start_sweeper();
+        store.start_maintenance();
         Ok(EmbeddedShuffle { store })
     }
 

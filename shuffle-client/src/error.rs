@@ -116,12 +116,13 @@ pub enum ClientError {
     Corrupt { location: String, reason: String },
     /// A file-system failure in process. Retryable: the operation is
     /// idempotent. No committed data lost.
-    #[error("{op} {}: {source}", path.display())]
+    /// (The cause is part of the message, not also a `source()`, which
+    /// would print it twice in an error chain.)
+    #[error("{op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A server could not be reached, or the connection broke (refused,
     /// reset, timed out, TLS failure, a peer that spoke garbage). Retryable:
@@ -129,6 +130,16 @@ pub enum ClientError {
     /// data lost.
     #[error("connection to {server}: {reason}")]
     Connection { server: String, reason: String },
+    /// A server limit (apps, shuffles, maps x partitions, connections)
+    /// would be exceeded; `limit` names the setting. Not retryable as is
+    /// (unregister something, or raise the limit). No data lost.
+    #[error("{server}: limit {limit} is {max}; the request needs {requested}")]
+    LimitExceeded {
+        server: String,
+        limit: String,
+        max: u64,
+        requested: u64,
+    },
     /// A server is out of memory credit. Retryable later. No data lost.
     #[error("{server} is busy: {reason}")]
     Busy { server: String, reason: String },
@@ -262,6 +273,16 @@ impl ClientError {
             ServiceError::Internal { reason } => ClientError::Internal { server, reason },
             ServiceError::AttemptFailed { map, attempt } => ClientError::AttemptFailed { map, attempt },
             ServiceError::DataGone { partition, map } => ClientError::DataGone { partition, map },
+            ServiceError::LimitExceeded {
+                limit,
+                max,
+                requested,
+            } => ClientError::LimitExceeded {
+                server,
+                limit,
+                max,
+                requested,
+            },
             ServiceError::Other { kind, message } => ClientError::Internal {
                 server,
                 reason: format!("error {kind}: {message}"),
@@ -295,7 +316,7 @@ impl From<ProtocolError> for ClientError {
 impl From<ServerError> for ClientError {
     fn from(e: ServerError) -> Self {
         match e {
-            ServerError::Io { op, path, source } => ClientError::Io { op, path, source },
+            ServerError::Io { op, path, error } => ClientError::Io { op, path, error },
             ServerError::CorruptFile { path, reason } => ClientError::Corrupt {
                 location: path.display().to_string(),
                 reason,

@@ -26,6 +26,8 @@ impl ServedShuffle {
         spill_after: std::time::Duration,
     ) -> Result<Self, ClientError> {
         let mut config = ServerConfig::new(data_dirs);
+        // In-process use: the caller's folders, made if missing.
+        config.create_data_dirs = true;
         config.memory_budget = memory_budget;
         // A frame must fit the budget to ever get credit (clients learn the
         // limit from the hello and size their pushes to it).

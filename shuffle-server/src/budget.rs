@@ -1,8 +1,9 @@
 //! The memory budget for buffered data.
 //!
 //! Backpressure rule: a connection reads a frame's length prefix, then waits
-//! here for that many bytes of credit *before* it reads (and allocates) the
-//! body. While it waits it reads nothing, so the peer's writes stall in the
+//! here for that many bytes of credit *before* it reads the body (a sender
+//! that then stalls gives back what it has not sent: see
+//! `data/framing.rs`). While it waits it reads nothing, so the peer's writes stall in the
 //! transport's own flow control (TCP window, QUIC stream credit) instead of
 //! in the server's memory. Fetch streams take credit for each chunk before
 //! encoding it and hold it until the chunk is written to the socket; the
@@ -23,11 +24,14 @@
 //! that keep that from deadlocking.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
+
+/// How often a wait for credit adds to `rss_backpressure_seconds_total`.
+const BACKPRESSURE_TICK: Duration = Duration::from_millis(100);
 
 /// Byte-exact budget, shared by every connection.
 #[derive(Clone, Debug)]
@@ -153,12 +157,19 @@ impl MemoryBudget {
         let permit = match self.permits.clone().try_acquire_many_owned(bytes) {
             Ok(p) => p,
             Err(_) => {
-                let waited = Instant::now();
-                // The semaphore is never closed, so this only waits.
-                let p = self.permits.clone().acquire_many_owned(bytes).await;
-                if let Some(m) = &self.metrics {
-                    m.backpressure_seconds.inc_by(waited.elapsed().as_secs_f64());
-                }
+                // The semaphore is never closed, so this only waits (in
+                // FIFO order). The wait is counted while it lasts, so a
+                // stuck wait shows in the metric, not only a finished one.
+                let wait = self.permits.clone().acquire_many_owned(bytes);
+                tokio::pin!(wait);
+                let mut counted = Instant::now();
+                let p = loop {
+                    tokio::select! {
+                        p = &mut wait => break p,
+                        _ = tokio::time::sleep(BACKPRESSURE_TICK) => self.count_wait(&mut counted),
+                    }
+                };
+                self.count_wait(&mut counted);
                 match p {
                     Ok(p) => p,
                     Err(_) => unreachable_closed(),
@@ -166,6 +177,15 @@ impl MemoryBudget {
             }
         };
         self.credit(permit, bytes)
+    }
+
+    fn count_wait(&self, since: &mut Instant) {
+        let now = Instant::now();
+        if let Some(m) = &self.metrics {
+            m.backpressure_seconds
+                .inc_by(now.duration_since(*since).as_secs_f64());
+        }
+        *since = now;
     }
 }
 

@@ -16,6 +16,14 @@ use crate::ServerError;
 pub struct ServerConfig {
     /// Data directories. No default: at least one is required.
     pub data_dirs: Vec<PathBuf>,
+    /// Create data directories that do not exist. Default false: a missing
+    /// directory is refused at start, so an unmounted disk does not
+    /// silently become a folder on the root file system.
+    pub create_data_dirs: bool,
+    /// A data directory with less free space than this takes no new
+    /// partition; `/readyz` fails only when no directory can take one.
+    /// Default 1 GiB.
+    pub disk_reserve: u64,
     /// TCP data plane. Default `127.0.0.1:19000`.
     pub listen: SocketAddr,
     /// QUIC data plane. Default `127.0.0.1:19001`.
@@ -46,7 +54,9 @@ pub struct ServerConfig {
     /// Partition files kept open for appending (the soft open-file limit is
     /// raised to fit, within the hard limit). Default 16384.
     pub max_open_files: usize,
-    /// Longest wait for in-flight pushes when draining. Default 30 s.
+    /// Longest drain on SIGTERM: in-flight pushes finish and fetches go on
+    /// being served until nothing is in flight, for at most this long.
+    /// Default 30 s.
     pub drain_timeout: Duration,
     /// Hybrid-selective shuffles: a block not consumed within this time is
     /// spilled to disk (hybrid-full: its memory copy is dropped; it is on
@@ -57,6 +67,31 @@ pub struct ServerConfig {
     /// reader legitimately waits. Default 5 s; keep it well below the
     /// clients' request timeout.
     pub stream_keepalive: Duration,
+    /// A push frame's body must arrive within this time of its memory
+    /// credit being granted, or the connection is closed (with `Busy`) and
+    /// the credit returned. Default 30 s.
+    pub frame_timeout: Duration,
+    /// A push frame whose body brings less than 64 KiB in this time gives
+    /// back the credit of what it has not sent yet; it may go on only if
+    /// that credit is free again when its bytes come. Default 1 s.
+    pub frame_stall: Duration,
+    /// A data-plane connection with no request in flight for this long is
+    /// closed. Default 120 s (clients drop pooled connections idle for 30 s).
+    pub idle_timeout: Duration,
+    /// Applications registered at once. Default 4096.
+    pub max_apps: usize,
+    /// Shuffles registered at once, over all apps. Default 65,536.
+    pub max_shuffles: usize,
+    /// Shuffles one app may have registered at once. Default 10,000.
+    pub max_shuffles_per_app: usize,
+    /// `num_maps x num_partitions` of one shuffle. Default 10^9 (admits
+    /// 10,000 maps x 50,000 partitions).
+    pub max_maps_x_partitions: u64,
+    /// Data-plane connections open at once (TCP plus QUIC). Default 4096.
+    pub max_connections: usize,
+    /// Data-plane connections open at once from one IP address. Default
+    /// 1024: a whole Spark job running on one host fits.
+    pub max_connections_per_peer: usize,
 }
 
 impl ServerConfig {
@@ -65,6 +100,8 @@ impl ServerConfig {
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
         ServerConfig {
             data_dirs,
+            create_data_dirs: false,
+            disk_reserve: 1 << 30,
             listen: local(19000),
             quic_listen: local(19001),
             grpc_listen: local(19002),
@@ -80,6 +117,24 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             spill_after: Duration::from_secs(1),
             stream_keepalive: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(30),
+            frame_stall: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(120),
+            max_apps: 4096,
+            max_shuffles: 65_536,
+            max_shuffles_per_app: 10_000,
+            max_maps_x_partitions: 1_000_000_000,
+            max_connections: 4096,
+            max_connections_per_peer: 1024,
+        }
+    }
+
+    /// The store's limits, from these settings.
+    pub fn store_limits(&self) -> crate::storage::StoreLimits {
+        crate::storage::StoreLimits {
+            max_shuffles: self.max_shuffles,
+            max_shuffles_per_app: self.max_shuffles_per_app,
+            max_maps_x_partitions: self.max_maps_x_partitions,
         }
     }
 
@@ -135,6 +190,27 @@ impl ServerConfig {
         if self.stream_keepalive < Duration::from_millis(10) {
             return bad("stream_keepalive", "must be at least 10 ms".into());
         }
+        for (field, value) in [
+            ("frame_timeout_secs", self.frame_timeout),
+            ("frame_stall_secs", self.frame_stall),
+            ("idle_timeout_secs", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return bad(field, "must be at least 10 ms".into());
+            }
+        }
+        for (field, value) in [
+            ("max_apps", self.max_apps as u64),
+            ("max_shuffles", self.max_shuffles as u64),
+            ("max_shuffles_per_app", self.max_shuffles_per_app as u64),
+            ("max_maps_x_partitions", self.max_maps_x_partitions),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_peer", self.max_connections_per_peer as u64),
+        ] {
+            if value == 0 {
+                return bad(field, "must be at least 1".into());
+            }
+        }
         if self.quic_cert.is_some() != self.quic_key.is_some() {
             return bad("quic_cert", "quic_cert and quic_key go together".into());
         }
@@ -150,6 +226,8 @@ impl ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dirs: Option<Vec<PathBuf>>,
+    pub create_data_dirs: Option<bool>,
+    pub disk_reserve: Option<String>,
     pub listen: Option<SocketAddr>,
     pub quic_listen: Option<SocketAddr>,
     pub grpc_listen: Option<SocketAddr>,
@@ -165,6 +243,15 @@ pub struct FileConfig {
     pub drain_timeout_secs: Option<f64>,
     pub spill_after_secs: Option<f64>,
     pub stream_keepalive_secs: Option<f64>,
+    pub frame_timeout_secs: Option<f64>,
+    pub frame_stall_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub max_apps: Option<usize>,
+    pub max_shuffles: Option<usize>,
+    pub max_shuffles_per_app: Option<usize>,
+    pub max_maps_x_partitions: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl FileConfig {
@@ -190,7 +277,14 @@ impl FileConfig {
             grpc_listen,
             http_listen,
             fsync_on_seal,
-            max_open_files
+            max_open_files,
+            create_data_dirs,
+            max_apps,
+            max_shuffles,
+            max_shuffles_per_app,
+            max_maps_x_partitions,
+            max_connections,
+            max_connections_per_peer
         );
         if let Some(v) = self.quic_cert {
             c.quic_cert = Some(v);
@@ -200,6 +294,9 @@ impl FileConfig {
         }
         if let Some(v) = self.memory_budget {
             c.memory_budget = parse_size("memory_budget", &v)?;
+        }
+        if let Some(v) = self.disk_reserve {
+            c.disk_reserve = parse_size("disk_reserve", &v)?;
         }
         if let Some(v) = self.max_frame_len {
             let n = parse_size("max_frame_len", &v)?;
@@ -222,6 +319,15 @@ impl FileConfig {
         }
         if let Some(v) = self.stream_keepalive_secs {
             c.stream_keepalive = seconds("stream_keepalive_secs", v)?;
+        }
+        if let Some(v) = self.frame_timeout_secs {
+            c.frame_timeout = seconds("frame_timeout_secs", v)?;
+        }
+        if let Some(v) = self.frame_stall_secs {
+            c.frame_stall = seconds("frame_stall_secs", v)?;
+        }
+        if let Some(v) = self.idle_timeout_secs {
+            c.idle_timeout = seconds("idle_timeout_secs", v)?;
         }
         Ok(())
     }

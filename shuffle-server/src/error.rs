@@ -109,6 +109,18 @@ pub enum ServerError {
     /// it could never be served, so it is not stored.
     #[error("{block} is beyond the {committed} block(s) its committed manifest declared for the partition")]
     BeyondManifest { block: BlockId, committed: u32 },
+    /// No data directory takes a new partition now: each is full, under
+    /// its free-space reserve, or not writable (`reason` names each).
+    /// Retryable once space is freed.
+    #[error("no data directory can take a new partition: {reason}")]
+    NoRoom { reason: String },
+    /// A configured limit would be exceeded (`limit` names the setting).
+    #[error("limit {limit} is {max}; this request needs {requested}")]
+    LimitExceeded {
+        limit: &'static str,
+        max: u64,
+        requested: u64,
+    },
     /// A stored file does not match its index (truncated, overwritten...).
     #[error("corrupt partition file {path}: {reason}")]
     CorruptFile { path: PathBuf, reason: String },
@@ -118,19 +130,20 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
-    /// A file-system operation failed.
-    #[error("{op} {path}: {source}")]
+    /// A file-system operation failed. The cause is part of the message
+    /// (and deliberately not also a `source()`, which would print it twice
+    /// in an error chain).
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 impl ServerError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ServerError {
         let path = path.into();
-        move |source| ServerError::Io { op, path, source }
+        move |error| ServerError::Io { op, path, error }
     }
 }

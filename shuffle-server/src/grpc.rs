@@ -63,7 +63,7 @@ impl ShuffleControl for ControlService {
     async fn register_app(&self, request: Request<AppRequest>) -> Result<Response<HeartbeatReply>, Status> {
         let app = app_id(&request.get_ref().app_id)?;
         self.shared.refuse_if_draining().map_err(|e| to_status(&e))?;
-        self.shared.apps.touch(&app);
+        self.shared.apps.touch(&app).map_err(|e| self.fail(e))?;
         Ok(Response::new(self.expiry_reply()))
     }
 
@@ -94,7 +94,7 @@ impl ShuffleControl for ControlService {
             .map_err(|_| invalid(format!("unknown shuffle mode {}", r.mode)))?;
         let spec = ShuffleSpec::new(r.num_maps, r.num_partitions, mode).map_err(invalid)?;
         self.shared.refuse_if_draining().map_err(|e| self.fail(e))?;
-        self.shared.apps.touch(&app);
+        self.shared.apps.touch(&app).map_err(|e| self.fail(e))?;
         let shuffle = ShuffleId(r.shuffle_id);
         self.blocking(move |s| s.register_shuffle(&app, shuffle, spec))
             .await?;
@@ -157,18 +157,18 @@ impl ShuffleControl for ControlService {
 
     async fn server_status(&self, _request: Request<Empty>) -> Result<Response<ServerStatusReply>, Status> {
         let shared = &self.shared;
+        // From memory: the store probes its disks on its own thread.
         let disks = shared
             .store
-            .stored_bytes_by_dir()
+            .disk_status()
             .into_iter()
-            .map(|(path, stored_bytes)| {
-                let probe = crate::disk::probe(&path);
-                DiskStatus {
-                    path: path.display().to_string(),
-                    stored_bytes,
-                    free_bytes: probe.free_bytes.unwrap_or(0),
-                    writable: probe.writable,
-                }
+            .map(|d| DiskStatus {
+                path: d.path.display().to_string(),
+                stored_bytes: d.stored_bytes,
+                free_bytes: d.free_bytes.unwrap_or(0),
+                writable: d.writable,
+                accepting: d.accepting,
+                reason: d.reason.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(ServerStatusReply {

@@ -1,5 +1,8 @@
 //! HTTP for operators: `/metrics` (Prometheus text), `/livez`, `/readyz`
-//! (503 while draining or when no data directory is writable).
+//! (503 while draining or when no data directory can take new partitions;
+//! a directory that is merely full or under its reserve does not fail it,
+//! since a 503 takes the server out of service discovery and would hide
+//! its sealed data). The `/readyz` body names each directory's state.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -67,12 +70,23 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/livez" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
+            // One line per data directory either way, so an operator sees
+            // which disk is full before the last one is.
+            let disks: String = shared
+                .store
+                .disk_status()
+                .iter()
+                .map(|d| format!("{d}\n"))
+                .collect();
             if shared.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("draining\n{disks}"))
             } else if !shared.disks_ok.load(Ordering::Acquire) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no writable data directory\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no data directory can take new partitions\n{disks}"),
+                )
             } else {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, format!("ready\n{disks}"))
             }
         }
         _ => text(

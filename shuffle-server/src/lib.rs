@@ -29,7 +29,7 @@ mod wire_errors;
 
 pub use error::{ChecksumSite, ServerError};
 pub use local::LocalServer;
-pub use server::{run, BoundAddrs, Listeners};
+pub use server::{run, BoundAddrs, Listeners, Opened};
 pub use wire_errors::to_status;
 
 /// Generated control-plane types (`protocol/proto/rss/v1/control.proto`).

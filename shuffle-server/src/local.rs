@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
 use crate::tls::QuicIdentity;
-use crate::{run, BoundAddrs, Listeners, ServerError};
+use crate::{BoundAddrs, Listeners, Opened, ServerError};
 
 /// A running in-process server. Dropping it stops it abruptly (its task is
 /// aborted); [`LocalServer::shutdown`] drains it like SIGTERM does.
@@ -28,8 +28,10 @@ impl LocalServer {
         let quic_fingerprint = identity.fingerprint();
         let listeners = Listeners::bind_ephemeral(identity).await?;
         let addrs = listeners.addrs()?;
+        // Start-up errors (a missing data dir...) come back from here.
+        let opened = Opened::open(config, listeners).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(config, listeners, async move {
+        let task = tokio::spawn(opened.serve(async move {
             let _ = stopped.await;
         }));
         Ok(LocalServer {
@@ -60,7 +62,7 @@ impl LocalServer {
                 Err(ServerError::Io {
                     op: "join",
                     path: "server task".into(),
-                    source: std::io::Error::other(e),
+                    error: std::io::Error::other(e),
                 })
             }),
             None => Ok(()),

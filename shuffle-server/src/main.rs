@@ -19,9 +19,18 @@ use shuffle_server::{run, Listeners};
 #[derive(Parser, Debug)]
 #[command(name = "shuffle-server", version)]
 struct Cli {
-    /// A data directory (repeat for several disks). Required, here or in the file.
+    /// A data directory (repeat for several disks). Required, here or in the
+    /// file. It must exist (an unmounted disk must not silently become a
+    /// folder on the root file system) unless --create-data-dirs is given.
     #[arg(long = "data-dir", value_name = "DIR")]
     data_dirs: Vec<PathBuf>,
+    /// Create data directories that do not exist.
+    #[arg(long)]
+    create_data_dirs: bool,
+    /// A data directory with less free space than this takes no new
+    /// partition; /readyz fails only when none can take one [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    disk_reserve: Option<String>,
     /// TCP data plane address [default: 127.0.0.1:19000].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -63,6 +72,32 @@ struct Cli {
     /// Do not fsync at seal (faster; sealed data may not survive a power loss).
     #[arg(long)]
     no_fsync: bool,
+    /// Seconds a push frame's body may take to arrive once its memory
+    /// credit is granted [default: 30].
+    #[arg(long, value_name = "SECS")]
+    frame_timeout_secs: Option<f64>,
+    /// Seconds without a request after which a data connection is closed
+    /// [default: 120].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout_secs: Option<f64>,
+    /// Most applications registered at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_apps: Option<usize>,
+    /// Most shuffles registered at once, over all apps [default: 65536].
+    #[arg(long, value_name = "N")]
+    max_shuffles: Option<usize>,
+    /// Most shuffles one app may have registered at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_shuffles_per_app: Option<usize>,
+    /// Largest maps x partitions of one shuffle [default: 1000000000].
+    #[arg(long, value_name = "N")]
+    max_maps_x_partitions: Option<u64>,
+    /// Most data connections open at once, TCP and QUIC [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most data connections open at once from one IP address [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections_per_peer: Option<usize>,
 }
 
 impl Cli {
@@ -80,6 +115,16 @@ impl Cli {
             quic_cert: self.quic_cert.clone(),
             quic_key: self.quic_key.clone(),
             fsync_on_seal: self.no_fsync.then_some(false),
+            create_data_dirs: self.create_data_dirs.then_some(true),
+            disk_reserve: self.disk_reserve.clone(),
+            frame_timeout_secs: self.frame_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            max_apps: self.max_apps,
+            max_shuffles: self.max_shuffles,
+            max_shuffles_per_app: self.max_shuffles_per_app,
+            max_maps_x_partitions: self.max_maps_x_partitions,
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
             ..FileConfig::default()
         }
     }

@@ -8,7 +8,7 @@ use prometheus::{
 
 /// Reasons a request is refused (the `reason` label), as named by
 /// `ServiceError::reason`, plus transport-level ones.
-pub const REASONS: [&str; 16] = [
+pub const REASONS: [&str; 19] = [
     "malformed",
     "unknown_app",
     "unknown_shuffle",
@@ -22,6 +22,9 @@ pub const REASONS: [&str; 16] = [
     "corrupt",
     "busy",
     "draining",
+    "attempt_failed",
+    "data_gone",
+    "limit_exceeded",
     "internal",
     "connection",
     "other",
@@ -52,6 +55,10 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     pub draining: IntGauge,
     pub expired_applications: IntCounter,
+    pub disk_errors: IntCounterVec,
+    pub disk_healthy: IntGaugeVec,
+    pub disk_accepting: IntGaugeVec,
+    pub quarantined_shuffles: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -159,6 +166,31 @@ impl Metrics {
                 "transport",
             ),
             draining: gauge("rss_draining", "1 while the server drains."),
+            disk_errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rss_disk_errors_total",
+                        "Failed file-system calls in a data directory, by kind (no_space, io).",
+                    ),
+                    &["disk", "kind"],
+                )
+                .expect("valid metric opts"),
+            ),
+            disk_healthy: gauge_vec(
+                "rss_disk_healthy",
+                "1 while the data directory passed its last write probe.",
+                "disk",
+            ),
+            disk_accepting: gauge_vec(
+                "rss_disk_accepting",
+                "1 while the data directory takes new partitions (writable, room above the reserve).",
+                "disk",
+            ),
+            quarantined_shuffles: counter(
+                "rss_quarantined_shuffles_total",
+                "Shuffles moved to quarantine at start-up (meta unreadable or invalid).",
+            ),
             expired_applications: counter(
                 "rss_expired_applications_total",
                 "Applications expired for missing heartbeats.",
@@ -222,6 +254,8 @@ mod tests {
         m.disk_free_bytes.with_label_values(&["d"]).set(1);
         m.rejected_requests.with_label_values(&["x"]).inc();
         m.open_connections.with_label_values(&["tcp"]).set(1);
+        m.disk_errors.with_label_values(&["d", "io"]).inc();
+        m.disk_healthy.with_label_values(&["d"]).set(1);
         m.push_duration.observe(0.1);
         m.fetch_duration.observe(0.1);
         let text = m.render();
@@ -247,6 +281,9 @@ mod tests {
             "rss_open_connections",
             "rss_draining",
             "rss_build_info",
+            "rss_disk_errors_total",
+            "rss_disk_healthy",
+            "rss_quarantined_shuffles_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

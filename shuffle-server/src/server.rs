@@ -1,10 +1,11 @@
 //! `run`: the whole server on listeners bound by the caller, until the
 //! shutdown future resolves; then it drains.
 //!
-//! Drain order: mark draining (readyz 503, new shuffles and pushes refused),
-//! stop accepting connections and reading new frames, wait for in-flight
-//! pushes (up to `drain_timeout`), fsync what is open, stop the control
-//! plane and HTTP, return.
+//! Drain order: mark draining (readyz 503; new apps, shuffles and pushes
+//! refused with `Draining`), wait until no push and no fetch is in flight
+//! (up to `drain_timeout`; meanwhile the data planes keep serving fetches
+//! of sealed data, and commits of maps in flight go through), stop the data
+//! planes, fsync what is open, stop the control plane and HTTP, return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,9 +20,9 @@ use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::state::Shared;
-use crate::storage::{Store, StoreConfig};
+use crate::storage::{DiskErrorKind, Store, StoreConfig};
 use crate::tls::QuicIdentity;
-use crate::{data, disk, grpc, http, proto, ServerError};
+use crate::{data, grpc, http, proto, ServerError};
 
 /// The sockets a server runs on, bound before it starts (tests bind port 0).
 #[derive(Debug)]
@@ -106,95 +107,160 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    config.validate()?;
-    let addrs = listeners.addrs()?;
-    let metrics = Metrics::new();
-    // One budget for the data plane and the store's streaming blocks, so
-    // `rss_buffer_bytes` counts everything buffered.
-    let budget = MemoryBudget::new(config.memory_budget, metrics.clone());
-    let store_config = StoreConfig {
-        data_dirs: config.data_dirs.clone(),
-        max_open_files: crate::limits::fit_open_files(config.max_open_files),
-        fsync_on_seal: config.fsync_on_seal,
-        memory_budget: budget,
-        spill_after: config.spill_after,
-        // Hybrid copies leave room for the largest push frame: hybrid
-        // producers never wait on memory.
-        stream_headroom: u64::from(config.max_frame_len),
-    };
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await
-        .map_err(|e| ServerError::io("open store", "data dirs")(std::io::Error::other(e)))??;
-    let report = store.recovery();
-    tracing::info!(
-        restored = report.restored.len(),
-        discarded = report.discarded.len(),
-        ignored = report.ignored.len(),
-        "storage recovered"
-    );
-    for path in &report.discarded {
-        tracing::info!(path = %path.display(), "discarded unsealed shuffle data");
-    }
-    let store = Arc::new(store);
-    store.start_sweeper();
-    let shared = Arc::new(Shared::new(store, config.clone(), metrics, addrs.grpc.port()));
-    let endpoint = data::quic::endpoint(listeners.quic, &listeners.quic_identity)?;
-    tracing::info!(
-        tcp = %addrs.tcp, quic = %addrs.quic, grpc = %addrs.grpc, http = %addrs.http,
-        quic_fingerprint = %listeners.quic_identity.fingerprint(),
-        "shuffle server listening"
-    );
+    Opened::open(config, listeners).await?.serve(shutdown).await
+}
 
-    // `stop_data` ends the data planes; `stop_all` the rest, after draining.
-    let (stop_data, data_rx) = watch::channel(false);
-    let (stop_all, all_rx) = watch::channel(false);
-    let tcp = tokio::spawn(data::tcp::serve(shared.clone(), listeners.tcp, data_rx.clone()));
-    let quic = tokio::spawn(data::quic::serve(shared.clone(), endpoint, data_rx));
-    let http_task = tokio::spawn(http::serve(shared.clone(), listeners.http, all_rx.clone()));
-    let housekeeping = tokio::spawn(housekeeping(shared.clone(), all_rx.clone()));
-    let grpc_task = {
-        let service = proto::shuffle_control_server::ShuffleControlServer::new(grpc::ControlService {
-            shared: shared.clone(),
-        });
-        let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc);
-        let stopped = crate::state::stopped(all_rx.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stopped)
-                .await
-        })
-    };
+/// A server whose store is open (recovered) and whose sockets are bound,
+/// not serving yet: the errors of starting up (bad config, a missing data
+/// directory, an unreadable disk) come from [`Opened::open`], before any
+/// client can connect.
+#[derive(Debug)]
+pub struct Opened {
+    config: ServerConfig,
+    addrs: BoundAddrs,
+    tcp: TcpListener,
+    grpc: TcpListener,
+    http: TcpListener,
+    fingerprint: String,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+}
 
-    shutdown.await;
-    tracing::info!("draining: refusing new shuffles and pushes");
-    shared.start_draining();
-    let _ = stop_data.send(true);
-    let started = Instant::now();
-    if tokio::time::timeout(config.drain_timeout, shared.pushes.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = shared.pushes.count(),
-            "drain timeout: in-flight pushes abandoned"
+impl Opened {
+    /// Validates the config and opens the store.
+    pub async fn open(config: ServerConfig, listeners: Listeners) -> Result<Self, ServerError> {
+        config.validate()?;
+        let addrs = listeners.addrs()?;
+        let metrics = Metrics::new();
+        // One budget for the data plane and the store's streaming blocks, so
+        // `rss_buffer_bytes` counts everything buffered.
+        let budget = MemoryBudget::new(config.memory_budget, metrics.clone());
+        let store_config = StoreConfig {
+            data_dirs: config.data_dirs.clone(),
+            create_data_dirs: config.create_data_dirs,
+            disk_reserve: config.disk_reserve,
+            check_interval: config.check_interval,
+            limits: config.store_limits(),
+            max_open_files: crate::limits::fit_open_files(config.max_open_files),
+            fsync_on_seal: config.fsync_on_seal,
+            memory_budget: budget,
+            spill_after: config.spill_after,
+            // Hybrid copies leave room for the largest push frame: hybrid
+            // producers never wait on memory.
+            stream_headroom: u64::from(config.max_frame_len),
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .map_err(|e| ServerError::io("open store", "data dirs")(std::io::Error::other(e)))??;
+        let report = store.recovery();
+        tracing::info!(
+            restored = report.restored.len(),
+            discarded = report.discarded.len(),
+            quarantined = report.quarantined.len(),
+            held = report.held.len(),
+            ignored = report.ignored.len(),
+            "storage recovered"
         );
+        for path in &report.discarded {
+            tracing::info!(path = %path.display(), "discarded unsealed shuffle data (no meta: never sealed)");
+        }
+        metrics
+            .quarantined_shuffles
+            .inc_by(report.quarantined.len() as u64);
+        let store = Arc::new(store);
+        store.start_maintenance();
+        let shared = Arc::new(Shared::new(store, config.clone(), metrics, addrs.grpc.port()));
+        let endpoint = data::quic::endpoint(listeners.quic, &listeners.quic_identity)?;
+        Ok(Opened {
+            config,
+            addrs,
+            tcp: listeners.tcp,
+            grpc: listeners.grpc,
+            http: listeners.http,
+            fingerprint: listeners.quic_identity.fingerprint(),
+            shared,
+            endpoint,
+        })
     }
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.sync_all()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("flush on drain failed: {e}"),
-        Err(e) => tracing::error!("flush on drain failed: {e}"),
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let Opened {
+            config,
+            addrs,
+            tcp,
+            grpc,
+            http,
+            fingerprint,
+            shared,
+            endpoint,
+        } = self;
+        tracing::info!(
+            tcp = %addrs.tcp, quic = %addrs.quic, grpc = %addrs.grpc, http = %addrs.http,
+            quic_fingerprint = %fingerprint,
+            "shuffle server listening"
+        );
+
+        // `stop_data` ends the data planes; `stop_all` the rest, after draining.
+        let (stop_data, data_rx) = watch::channel(false);
+        let (stop_all, all_rx) = watch::channel(false);
+        let tcp = tokio::spawn(data::tcp::serve(shared.clone(), tcp, data_rx.clone()));
+        let quic = tokio::spawn(data::quic::serve(shared.clone(), endpoint, data_rx));
+        let http_task = tokio::spawn(http::serve(shared.clone(), http, all_rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping(shared.clone(), all_rx.clone()));
+        let grpc_task = {
+            let service = proto::shuffle_control_server::ShuffleControlServer::new(grpc::ControlService {
+                shared: shared.clone(),
+            });
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+            let stopped = crate::state::stopped(all_rx.clone());
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+            })
+        };
+
+        shutdown.await;
+        tracing::info!("draining: refusing new shuffles and pushes, serving fetches");
+        shared.start_draining();
+        let started = Instant::now();
+        let idle = async {
+            // New pushes are refused from now on; fetches may still come and go
+            // until none is left.
+            loop {
+                shared.pushes.wait_idle().await;
+                shared.fetches.wait_idle().await;
+                if shared.pushes.count() == 0 && shared.fetches.count() == 0 {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(config.drain_timeout, idle).await.is_err() {
+            tracing::warn!(
+                pushes = shared.pushes.count(),
+                fetches = shared.fetches.count(),
+                "drain timeout: requests still in flight are abandoned"
+            );
+        }
+        let _ = stop_data.send(true);
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.sync_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("flush on drain failed: {e}"),
+            Err(e) => tracing::error!("flush on drain failed: {e}"),
+        }
+        let _ = stop_all.send(true);
+        let _ = tokio::join!(tcp, quic, http_task, housekeeping);
+        match grpc_task.await {
+            Ok(Err(e)) => tracing::warn!("grpc server ended with: {e}"),
+            Err(e) => tracing::warn!("grpc task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained, exiting");
+        Ok(())
     }
-    let _ = stop_all.send(true);
-    let _ = tokio::join!(tcp, quic, http_task, housekeeping);
-    match grpc_task.await {
-        Ok(Err(e)) => tracing::warn!("grpc server ended with: {e}"),
-        Err(e) => tracing::warn!("grpc task failed: {e}"),
-        Ok(Ok(())) => {}
-    }
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained, exiting");
-    Ok(())
 }
 
 /// Expires silent apps and refreshes disk and gauge metrics.
@@ -203,7 +269,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = crate::state::stopped(stop);
     tokio::pin!(stopped);
-    let mut written_before: Vec<u64> = Vec::new();
+    let mut disks = DiskCounters::default();
     let mut spilled_before: Vec<u64> = Vec::new();
     let mut blocking_before = 0u64;
     loop {
@@ -211,23 +277,10 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = &mut stopped => return,
         }
-        // Flush counters follow the store's cumulative per-disk counts.
-        let written = shared.store.written_bytes_by_dir();
-        written_before.resize(written.len(), 0);
-        for ((path, now), before) in written.iter().zip(written_before.iter_mut()) {
-            let delta = now.saturating_sub(*before);
-            *before = *now;
-            let label = path.display().to_string();
-            shared
-                .metrics
-                .flush_bytes
-                .with_label_values(&[&label])
-                .inc_by(delta);
-        }
+        let total_written = export_disk_metrics(&shared, &mut disks);
         // Hybrid shuffles' disk writes, by mode; blocking writes are the rest.
         let spilled = shared.store.spilled_bytes_by_mode();
         spilled_before.resize(spilled.len(), 0);
-        let total_written: u64 = written.iter().map(|(_, w)| w).sum();
         let mut hybrid_total = 0;
         for ((mode, now), before) in spilled.iter().zip(spilled_before.iter_mut()) {
             hybrid_total += now;
@@ -255,35 +308,61 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 tracing::error!("deleting an expired app failed: {e}");
             }
         }
-        let shared2 = shared.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let dirs = shared2.store.stored_bytes_by_dir();
-            dirs.into_iter()
-                .map(|(path, stored)| (disk::probe(&path), path, stored))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        if let Ok(disks) = checked {
-            let mut any_writable = false;
-            for (probe, path, stored) in disks {
-                let label = path.display().to_string();
-                any_writable |= probe.writable;
-                let m = &shared.metrics;
-                m.stored_bytes
-                    .with_label_values(&[&label])
-                    .set(i64::try_from(stored).unwrap_or(i64::MAX));
-                if let Some(free) = probe.free_bytes {
-                    m.disk_free_bytes
-                        .with_label_values(&[&label])
-                        .set(i64::try_from(free).unwrap_or(i64::MAX));
-                }
-            }
-            shared.disks_ok.store(any_writable, Ordering::Release);
-        }
         shared.metrics.active_applications.set(shared.apps.len() as i64);
         shared
             .metrics
             .active_shuffles
             .set(shared.store.shuffle_count() as i64);
     }
+}
+
+/// What the disk counters were at the last export, per data directory.
+#[derive(Debug, Default)]
+struct DiskCounters {
+    written: Vec<u64>,
+    errors: Vec<[u64; 2]>,
+}
+
+/// Exports the store's disk state (no I/O: the store probes its disks
+/// itself): flushed bytes and errors as counter deltas, stored and free
+/// bytes, health. Updates readiness. Returns the bytes written in all.
+fn export_disk_metrics(shared: &Shared, before: &mut DiskCounters) -> u64 {
+    let status = shared.store.disk_status();
+    before.written.resize(status.len(), 0);
+    before.errors.resize(status.len(), [0; 2]);
+    let m = &shared.metrics;
+    let mut total_written = 0;
+    for (i, disk) in status.iter().enumerate() {
+        let label = disk.path.display().to_string();
+        total_written += disk.written_bytes;
+        m.flush_bytes
+            .with_label_values(&[&label])
+            .inc_by(disk.written_bytes.saturating_sub(before.written[i]));
+        before.written[i] = disk.written_bytes;
+        for kind in DiskErrorKind::ALL {
+            let k = kind as usize;
+            m.disk_errors
+                .with_label_values(&[&label, kind.label()])
+                .inc_by(disk.errors[k].saturating_sub(before.errors[i][k]));
+            before.errors[i][k] = disk.errors[k];
+        }
+        m.stored_bytes
+            .with_label_values(&[&label])
+            .set(i64::try_from(disk.stored_bytes).unwrap_or(i64::MAX));
+        if let Some(free) = disk.free_bytes {
+            m.disk_free_bytes
+                .with_label_values(&[&label])
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        m.disk_healthy
+            .with_label_values(&[&label])
+            .set(i64::from(disk.writable));
+        m.disk_accepting
+            .with_label_values(&[&label])
+            .set(i64::from(disk.accepting));
+    }
+    shared
+        .disks_ok
+        .store(status.iter().any(|d| d.accepting), Ordering::Release);
+    total_written
 }

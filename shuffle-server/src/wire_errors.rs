@@ -100,6 +100,18 @@ impl ServerError {
             ServerError::CorruptFile { .. } => ServiceError::Corrupt {
                 reason: self.to_string(),
             },
+            ServerError::NoRoom { .. } => ServiceError::Internal {
+                reason: self.to_string(),
+            },
+            ServerError::LimitExceeded {
+                limit,
+                max,
+                requested,
+            } => ServiceError::LimitExceeded {
+                limit: (*limit).to_string(),
+                max: *max,
+                requested: *requested,
+            },
             ServerError::Io { .. } => ServiceError::Internal {
                 reason: self.to_string(),
             },
@@ -141,7 +153,7 @@ pub fn to_status(err: &ServiceError) -> tonic::Status {
         | ServiceError::NotReady { .. }
         | ServiceError::AttemptFailed { .. } => Code::FailedPrecondition,
         ServiceError::DataGone { .. } => Code::DataLoss,
-        ServiceError::Busy { .. } => Code::ResourceExhausted,
+        ServiceError::Busy { .. } | ServiceError::LimitExceeded { .. } => Code::ResourceExhausted,
         ServiceError::Draining => Code::Unavailable,
         ServiceError::Internal { .. } | ServiceError::Other { .. } => Code::Internal,
     };

@@ -5,13 +5,13 @@
 //! `Connection` error once `retry_window` is over, not before, not much
 //! after.
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::daemon::{free_ports, Daemon};
 use protocol::{
     records, AppId, AttemptId, Block, BlockId, MapId, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec,
 };
@@ -25,72 +25,9 @@ const MAPS: u32 = 2;
 const PARTITIONS: u32 = 3;
 const RECORDS_PER_MAP: u32 = 30_000;
 
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGKILL: no drain, no flush.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Free loopback ports for the data plane (TCP), QUIC (UDP), gRPC and
-/// HTTP, found by binding port 0 and releasing.
-fn free_ports() -> Result<[String; 4]> {
-    let (a, b, c) = (
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-    );
-    let quic = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.to_string();
-    let ports = [
-        a.local_addr()?.to_string(),
-        quic,
-        b.local_addr()?.to_string(),
-        c.local_addr()?.to_string(),
-    ];
-    drop((a, b, c));
-    Ok(ports)
-}
-
 /// Starts the daemon on `ports` and waits until it listens.
 fn start(data: &Path, ports: &[String; 4]) -> Result<Daemon> {
-    let [tcp, quic, grpc, http] = ports;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shuffle-server"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--no-fsync",
-            "--listen",
-            tcp,
-            "--quic-listen",
-            quic,
-            "--grpc-listen",
-            grpc,
-            "--http-listen",
-            http,
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning shuffle-server")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let daemon = Daemon { child };
-    loop {
-        let Some(line) = lines.next() else {
-            bail!("shuffle-server exited before listening");
-        };
-        if line?.contains("shuffle server listening") {
-            // Keep draining the log so the daemon never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(daemon);
-        }
-    }
+    Daemon::start(data, Some(ports), &[])
 }
 
 fn options(retry_window: Duration) -> RemoteOptions {

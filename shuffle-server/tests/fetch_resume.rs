@@ -95,6 +95,7 @@ async fn a_resumed_fetch_continues_exactly_where_it_stopped() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut config = ServerConfig::new(vec![tmp.path().join("d")]);
     config.fsync_on_seal = false;
+    config.create_data_dirs = true;
     let server = LocalServer::start(config).await?;
     let client = RemoteShuffle::connect_str(&server.tcp_url(), RemoteOptions::default()).await?;
     let app = AppId::new("resume")?;

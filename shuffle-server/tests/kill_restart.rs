@@ -2,85 +2,35 @@
 //! typed, retryable error; after a restart on the same data directories the
 //! sealed shuffle reads back whole and the unsealed one is gone.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use bytes::Bytes;
+use common::daemon::Daemon;
+use common::{block, http_get, metric_or_zero, push_frame, DataConn};
+use protocol::frame::{Frame, FrameCodec};
+use protocol::ServiceError;
 use protocol::{AppId, AttemptId, MapId, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{
     ClientError, RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter,
     WriterOptions,
 };
+use shuffle_server::proto::shuffle_control_client::ShuffleControlClient;
 
-struct Daemon {
-    child: Child,
-    tcp: SocketAddr,
-    ports: [String; 4],
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the daemon and reads its bound addresses from its log.
 fn start(data: &Path, ports: Option<&[String; 4]>) -> Result<Daemon> {
-    let any = "127.0.0.1:0".to_string();
-    let [tcp, quic, grpc, http] = ports
-        .cloned()
-        .unwrap_or([any.clone(), any.clone(), any.clone(), any]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shuffle-server"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--listen",
-            &tcp,
-            "--quic-listen",
-            &quic,
-            "--grpc-listen",
-            &grpc,
-            "--http-listen",
-            &http,
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning shuffle-server")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let field = |line: &str, key: &str| -> Option<String> {
-        let start = line.find(&format!("{key}="))? + key.len() + 1;
-        Some(line[start..].split_whitespace().next()?.to_string())
-    };
-    loop {
-        let Some(line) = lines.next() else {
-            bail!("shuffle-server exited before listening");
-        };
-        let line = line?;
-        if line.contains("shuffle server listening") {
-            let get = |k| field(&line, k).with_context(|| format!("no {k} in {line}"));
-            let ports = [get("tcp")?, get("quic")?, get("grpc")?, get("http")?];
-            // Keep draining the log so the daemon never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(Daemon {
-                child,
-                tcp: ports[0].parse()?,
-                ports,
-            });
-        }
-    }
+    Daemon::start(data, ports, &[])
 }
 
 fn options() -> RemoteOptions {
     RemoteOptions {
         max_retries: 2,
         retry_backoff: Duration::from_millis(20),
+        // A server killed for good: give up quickly.
+        retry_window: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(2),
         ..RemoteOptions::default()
     }
@@ -189,45 +139,194 @@ async fn sealed_data_survives_kill_9_and_unsealed_data_is_discarded() -> Result<
     Ok(())
 }
 
+/// Writes `records` records over the partitions of a new one-map shuffle
+/// and commits it (sealed).
+async fn sealed_shuffle(
+    client: &RemoteShuffle,
+    app: &AppId,
+    shuffle: u32,
+    partitions: u32,
+    records: u32,
+) -> Result<ShuffleHandle> {
+    let spec = ShuffleSpec::new(1, partitions, ShuffleMode::Blocking)?;
+    let handle = client.register_shuffle(app, ShuffleId(shuffle), spec).await?;
+    let mut w = client
+        .open_writer(&handle, MapId(0), AttemptId(0), WriterOptions::default())
+        .await?;
+    for i in 0..records {
+        w.write(
+            PartitionId(i % partitions),
+            format!("{shuffle}-record-{i}").as_bytes(),
+        )
+        .await?;
+    }
+    w.commit().await?;
+    Ok(handle)
+}
+
+/// SIGTERM with a push still arriving: while the daemon drains, readiness
+/// says so, new shuffles and new pushes get `Draining`, sealed data is still
+/// served and commits go through; the push in flight finishes (acked, its
+/// shuffle seals), and then, with nothing in flight, the daemon exits 0
+/// without waiting out its drain timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero() -> Result<()> {
+async fn sigterm_drains_what_is_in_flight_and_exits_zero() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let mut daemon = start(&data, None)?;
     let url = format!("tcp://{}", daemon.tcp);
     let client = RemoteShuffle::connect_str(&url, options()).await?;
     let app = AppId::new("term-test")?;
-    let spec = ShuffleSpec::new(1, 2, ShuffleMode::Blocking)?;
-    let handle = client.register_shuffle(&app, ShuffleId(1), spec).await?;
-    let mut w = client
-        .open_writer(&handle, MapId(0), AttemptId(0), WriterOptions::default())
-        .await?;
-    for i in 0..1000u32 {
-        w.write(PartitionId(i % 2), b"payload").await?;
-    }
-    w.commit().await?;
-    let pid = daemon.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
-    assert!(status.success(), "kill -TERM failed");
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(code) = daemon.child.try_wait()? {
-                return Ok::<_, std::io::Error>(Some(code));
-            }
-            if std::time::Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let sealed = sealed_shuffle(&client, &app, 1, 2, 1000).await?;
+    let before = read_all(&client, &sealed, 2).await?;
+    let spec = ShuffleSpec::new(1, 1, ShuffleMode::Blocking)?;
+    client.register_shuffle(&app, ShuffleId(2), spec).await?;
+
+    // Half of a push frame is on the wire when the signal comes.
+    let mut pushing = DataConn::connect(daemon.tcp).await?;
+    let blocks = vec![block(2, 0, 0, 0, 200_000)?];
+    let frame = FrameCodec::default().encode_to_bytes(&push_frame(7, "term-test", 2, blocks)?)?;
+    let half = frame.len() / 2;
+    pushing.send_raw(&frame[..half]).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    daemon.terminate()?;
+    let signalled = Instant::now();
+    loop {
+        let (code, body) = http_get(daemon.http, "/readyz").await?;
+        if code == 503 {
+            ensure!(body.starts_with("draining"), "{body}");
+            break;
         }
-    })
-    .await??;
-    let code = exited.context("the daemon did not exit within 20 s of SIGTERM")?;
-    assert!(code.success(), "exit status after SIGTERM: {code:?}");
-    assert!(data
-        .join("term-test")
-        .join("shuffle-1")
-        .join("shuffle.meta")
-        .exists());
+        ensure!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "never reported draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // New work is refused with Draining, not a refused connection.
+    let grpc = format!("http://{}", daemon.ports[2]);
+    let mut control = ShuffleControlClient::connect(grpc).await?;
+    let refused = control
+        .register_shuffle(shuffle_server::proto::RegisterShuffleRequest {
+            app_id: "term-test".into(),
+            shuffle_id: 3,
+            num_maps: 1,
+            num_partitions: 1,
+            mode: 0,
+        })
+        .await
+        .expect_err("a new shuffle while draining");
+    let error = ServiceError::decode(&mut Bytes::copy_from_slice(refused.details()))?;
+    ensure!(error == ServiceError::Draining, "{error:?}");
+    let mut late = DataConn::connect(daemon.tcp).await?;
+    let reply = late
+        .push(8, "term-test", 2, vec![block(2, 0, 0, 1, 100)?])
+        .await?
+        .expect_err("a push that starts while draining");
+    ensure!(reply.error == ServiceError::Draining, "{:?}", reply.error);
+    // Sealed data is still served.
+    ensure!(read_all(&client, &sealed, 2).await? == before);
+
+    // The push in flight finishes and its shuffle seals.
+    pushing.send_raw(&frame[half..]).await?;
+    match pushing.reader.next().await? {
+        Frame::PushAck(ack) => ensure!(ack.stored == 1, "{ack:?}"),
+        other => bail!("expected the in-flight push to be acked, got {other:?}"),
+    }
+    let commit = control
+        .commit_map(common::commit_request("term-test", 2, 0, &[(0, 1)]))
+        .await?
+        .into_inner();
+    ensure!(commit.sealed);
+    drop((pushing, late, client));
+
+    let code = tokio::task::spawn_blocking(move || daemon.wait_exit(Duration::from_secs(20))).await??;
+    ensure!(code.success(), "exit status after SIGTERM: {code:?}");
+    ensure!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "the drain waited {:?}: it should end once nothing is in flight",
+        signalled.elapsed()
+    );
+    for shuffle in ["shuffle-1", "shuffle-2"] {
+        ensure!(
+            data.join("term-test").join(shuffle).join("shuffle.meta").exists(),
+            "{shuffle} is sealed on disk"
+        );
+    }
+    Ok(())
+}
+
+/// A missing data directory is refused at start, naming it: an unmounted
+/// disk must not silently become a folder on the root file system.
+#[test]
+fn a_missing_data_dir_is_refused_at_start() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("not-mounted");
+    let out = Command::new(env!("CARGO_BIN_EXE_shuffle-server"))
+        .arg("--data-dir")
+        .arg(&missing)
+        .args(["--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .output()?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("create_data_dirs"),
+        "{stderr}"
+    );
+    ensure!(!missing.exists(), "not created");
+    Ok(())
+}
+
+/// A meta whose magic bytes were changed: after a restart the shuffle is
+/// quarantined (counted, moved aside whole, not deleted) and everything
+/// else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_meta_is_quarantined_at_restart_and_the_rest_is_served() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let daemon = start(&data, None)?;
+    let client = RemoteShuffle::connect_str(&format!("tcp://{}", daemon.tcp), options()).await?;
+    let app = AppId::new("meta-test")?;
+    let damaged = sealed_shuffle(&client, &app, 1, 2, 500).await?;
+    let kept = sealed_shuffle(&client, &app, 2, 2, 500).await?;
+    let want = read_all(&client, &kept, 2).await?;
+    let ports = daemon.ports.clone();
+    drop((client, daemon));
+    let folder = data.join("meta-test").join("shuffle-1");
+    let meta = folder.join("shuffle.meta");
+    let mut bytes = std::fs::read(&meta)?;
+    bytes[..4].copy_from_slice(b"XXXX");
+    std::fs::write(&meta, &bytes)?;
+    let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&folder)?
+        .map(|e| {
+            let e = e?;
+            Ok((e.file_name(), std::fs::read(e.path())?))
+        })
+        .collect::<Result<_>>()?;
+
+    let daemon = start(&data, Some(&ports))?;
+    let client = RemoteShuffle::connect_str(&format!("tcp://{}", daemon.tcp), options()).await?;
+    ensure!(read_all(&client, &kept, 2).await? == want);
+    match client.shuffle_status(&damaged).await {
+        Err(ClientError::UnknownShuffle { .. }) => {}
+        other => bail!("a quarantined shuffle is not served, got {other:?}"),
+    }
+    let text = common::metrics(daemon.http).await?;
+    ensure!(
+        metric_or_zero(&text, "rss_quarantined_shuffles_total") == 1.0,
+        "{text}"
+    );
+    ensure!(!folder.exists());
+    let quarantine = data.join(".quarantine").join("meta-test");
+    let moved: Vec<_> = std::fs::read_dir(&quarantine)?.collect::<Result<_, _>>()?;
+    ensure!(moved.len() == 1);
+    for (name, bytes) in files {
+        ensure!(
+            std::fs::read(moved[0].path().join(&name))? == bytes,
+            "{name:?} kept"
+        );
+    }
     Ok(())
 }

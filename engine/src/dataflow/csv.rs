@@ -209,10 +209,10 @@ pub enum CsvError {
 impl CsvError {
     fn at(self, path: &Path) -> EngineError {
         match self {
-            CsvError::Io(source) => EngineError::Io {
+            CsvError::Io(error) => EngineError::Io {
                 op: "read",
                 path: path.to_path_buf(),
-                source,
+                error,
             },
             CsvError::Malformed(line, reason) => EngineError::Csv {
                 path: path.to_path_buf(),

@@ -415,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn the_pool_drops_connections_idle_for_longer_than_the_max_age() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut config = ServerConfig::new(vec![tmp.path().join("d")]);
+        let mut config = ServerConfig::new(vec![tmp.path().to_path_buf()]);
         config.fsync_on_seal = false;
         let server = LocalServer::start(config).await.expect("server");
         let url: ServerUrl = server.tcp_url().parse().expect("url");

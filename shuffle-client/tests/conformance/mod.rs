@@ -471,12 +471,14 @@ pub async fn hostile_ids_never_reach_the_disk<H: Harness>(h: &H) -> Result<()> {
         &long,
         "dir\\x",
         "sp ace",
+        "...",
+        ".quarantine",
     ] {
         ensure!(AppId::new(hostile).is_err(), "{hostile:?} must be refused");
     }
-    // The longest valid id and one made of dots still stay inside.
+    // The longest valid id and one ending in dots still stay inside.
     let c = h.client();
-    for name in ["a".repeat(128), "...".to_string()] {
+    for name in ["a".repeat(128), "x...".to_string()] {
         let handle = c
             .register_shuffle(&app(&name), ShuffleId(u32::MAX), blocking(1, 1))
             .await?;

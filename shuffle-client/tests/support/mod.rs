@@ -21,6 +21,7 @@ pub struct Cluster {
 
 pub fn server_config(dirs: Vec<PathBuf>) -> ServerConfig {
     let mut config = ServerConfig::new(dirs);
+    config.create_data_dirs = true;
     config.memory_budget = 256 << 20;
     config.check_interval = Duration::from_millis(100);
     config.fsync_on_seal = false;

@@ -1,28 +1,32 @@
 //! The data plane: pushes and fetches, the same over every transport.
 //!
 //! [`read_frame`] takes one frame off any byte stream, waiting for memory
-//! credit between the length prefix and the body (see `budget.rs`).
+//! credit between the length prefix and the body, under time limits (see
+//! `framing.rs`).
 //! [`handle_push`] and [`serve_fetch`] implement the two requests; the
 //! transports (`tcp.rs`, `quic.rs`) only move frames.
 
+mod framing;
 pub(crate) mod quic;
 mod stream;
 pub(crate) mod tcp;
 
+pub(crate) use self::framing::{read_frame, Idle, ReadError, Received};
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use protocol::frame::{
     ErrorFrame, FetchBlocks, FetchEnd, FetchRequest, Frame, FrameCodec, PushAck, PushBlocks,
 };
-use protocol::{Block, ProtocolError, ServiceError};
+use protocol::{Block, ServiceError};
 use std::io::IoSlice;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::budget::Credit;
-use crate::state::Shared;
+use crate::state::{InFlightGuard, Shared};
 use crate::storage::ShuffleRead;
 
 /// Bytes of blocks sent per `FetchBlocks` frame (one larger block is sent
@@ -45,81 +49,43 @@ impl Transport {
     }
 }
 
-/// Why a stream of frames cannot go on.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Protocol(#[from] ProtocolError),
-}
-
-/// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
-/// Memory for the body is allocated only after its credit is granted; the
-/// credit comes back with the frame and must live as long as its data.
-/// Control frames (hello, fetch: small, bounded, no block data) are read
-/// without credit: DEADLOCK RULE, a reader must be able to attach while the
-/// budget is full of pipelined blocks that only it would consume.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    shared: &Shared,
-    codec: &FrameCodec,
-) -> Result<Option<(Frame, Option<Credit>)>, ReadError> {
-    let mut prefix = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = reader.read(&mut prefix[got..]).await?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(ProtocolError::Truncated {
-                what: "frame length",
-                needed: 4,
-                available: got as u64,
-            }
-            .into());
-        }
-        got += n;
-    }
-    let len = codec.check_prefix(prefix)?;
-    let mut tag = [0u8; 1];
-    reader.read_exact(&mut tag).await?;
-    let credit = if protocol::frame::is_control_frame(tag[0], len) {
-        None
-    } else {
-        Some(shared.budget.acquire(len).await)
-    };
-    let mut body = BytesMut::with_capacity(len as usize);
-    body.extend_from_slice(&tag);
-    while body.len() < len as usize {
-        let want = len as usize - body.len();
-        if (&mut *reader).take(want as u64).read_buf(&mut body).await? == 0 {
-            return Err(ProtocolError::Truncated {
-                what: "frame",
-                needed: u64::from(len),
-                available: body.len() as u64,
-            }
-            .into());
-        }
-    }
-    let frame = codec.decode_payload(body.freeze())?;
-    Ok(Some((frame, credit)))
-}
-
 impl ReadError {
     /// Logs and counts a connection closed for this error.
     pub(crate) fn record(&self, shared: &Shared, transport: Transport, peer: std::net::SocketAddr) {
-        tracing::warn!(%peer, transport = transport.label(), "closing connection: {self}");
         let reason = match self {
             ReadError::Protocol(_) => "malformed",
             ReadError::Io(_) => "connection",
+            ReadError::Slow(_) => "busy",
+            ReadError::Idle(_) => {
+                tracing::debug!(%peer, transport = transport.label(), "closing connection: {self}");
+                return;
+            }
         };
+        tracing::warn!(%peer, transport = transport.label(), "closing connection: {self}");
         shared
             .metrics
             .rejected_requests
             .with_label_values(&[reason])
             .inc();
+    }
+
+    /// The error frame the peer gets before the connection closes, if any.
+    pub(crate) fn frame(&self) -> Option<Frame> {
+        match self {
+            ReadError::Protocol(p) => Some(error_frame(
+                0,
+                ServiceError::Malformed {
+                    reason: p.to_string(),
+                },
+            )),
+            ReadError::Slow(reason) => Some(error_frame(
+                0,
+                ServiceError::Busy {
+                    reason: reason.clone(),
+                },
+            )),
+            ReadError::Io(_) | ReadError::Idle(_) => None,
+        }
     }
 }
 
@@ -190,23 +156,29 @@ pub async fn write_segments<W: AsyncWrite + Unpin>(
 /// credit per block and each block holds its share until a reader takes it
 /// (so a full budget stops the next push frame in `read_frame`: credit
 /// backpressure). Other modes return it when the push is done.
+///
+/// `admitted` is the push's place among those in flight (taken when its
+/// header arrived); a push that arrived while draining has none and is
+/// refused with `Draining`.
 pub(crate) async fn handle_push(
     shared: &Arc<Shared>,
     push: PushBlocks,
     credit: Option<Credit>,
+    admitted: Option<InFlightGuard>,
     transport: Transport,
 ) -> Frame {
-    let _in_flight = shared.pushes.enter();
     let started = Instant::now();
     let request_id = push.request_id;
-    if let Err(e) = shared.refuse_if_draining() {
+    let Some(_in_flight) = admitted else {
+        let e = ServiceError::Draining;
+        shared.rejected(&e);
         shared
             .metrics
             .push_requests
             .with_label_values(&["rejected"])
             .inc();
         return error_frame(request_id, e);
-    }
+    };
     let bytes: u64 = push.blocks.iter().map(|b| b.encoded_len() as u64).sum();
     shared
         .metrics
@@ -274,6 +246,7 @@ pub(crate) async fn serve_fetch<S: FrameSink>(
     transport: Transport,
     sink: &mut S,
 ) -> std::io::Result<()> {
+    let _in_flight = shared.fetches.enter();
     let started = Instant::now();
     let request_id = req.request_id;
     let result = stream_partition(shared, &req, transport, sink).await;
@@ -320,9 +293,8 @@ async fn stream_partition<S: FrameSink>(
     transport: Transport,
     sink: &mut S,
 ) -> std::io::Result<Result<u64, ServiceError>> {
-    if let Err(e) = shared.refuse_if_draining() {
-        return Ok(Err(e));
-    }
+    // Fetches go on while draining: sealed data stays readable until the
+    // drain ends.
     let store = shared.store.clone();
     let (app, shuffle, partition, maps) = (req.app.clone(), req.shuffle, req.partition, req.maps);
     let opened = tokio::task::spawn_blocking(move || store.open_read(&app, shuffle, partition, maps)).await;

@@ -1,7 +1,15 @@
 //! The QUIC data plane (quinn). Each request is one bidirectional stream:
 //! the client writes one frame (hello, push or fetch) and finishes its side;
 //! the server writes the reply (one frame, or a fetch stream) and finishes.
+//!
+//! Memory outside the budget: quinn buffers what a peer sent before the
+//! server reads it, at most `STREAM_WINDOW` per stream and `CONNECTION_WINDOW`
+//! per connection (a frame waiting for credit is not read, so its sender
+//! stalls in QUIC flow control there); connections are capped in all and per
+//! peer address like TCP ones, and closed after `idle_timeout` without a
+//! stream in flight.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +20,10 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 
 use super::tcp::frame_name;
-use super::{encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, ReadError, Transport};
+use super::{
+    encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, Idle, ReadError, Received,
+    Transport,
+};
 use crate::budget::Credit;
 use crate::state::Shared;
 use crate::tls::QuicIdentity;
@@ -20,6 +31,10 @@ use crate::ServerError;
 
 /// Streams a client may have open at once on one connection.
 const MAX_STREAMS: u32 = 256;
+/// Unread bytes quinn buffers per stream.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// Unread bytes quinn buffers per connection, over its streams.
+const CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// A QUIC endpoint on an already bound UDP socket.
 pub(crate) fn endpoint(
@@ -35,6 +50,8 @@ pub(crate) fn endpoint(
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
         .max_concurrent_uni_streams(0u32.into())
         .keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(timeout) = Duration::from_secs(30).try_into() {
@@ -74,6 +91,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: 
 }
 
 async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch::Receiver<bool>) {
+    let admitted = shared.connections.admit(incoming.remote_address().ip());
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -81,18 +99,38 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch:
             return;
         }
     };
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            shared.rejected(&refusal);
+            tracing::debug!(peer = %conn.remote_address(), "refusing a connection: {refusal}");
+            conn.close(2u32.into(), refusal.to_string().as_bytes());
+            return;
+        }
+    };
     let gauge = shared.metrics.open_connections.with_label_values(&["quic"]);
     gauge.inc();
     let stopped = crate::state::stopped(stop);
     tokio::pin!(stopped);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let idle_limit = shared.config.idle_timeout;
     loop {
         let stream = tokio::select! {
             s = conn.accept_bi() => s,
             _ = &mut stopped => break,
+            _ = tokio::time::sleep(idle_limit) => {
+                if in_flight.load(Ordering::Acquire) == 0 {
+                    conn.close(0u32.into(), b"idle");
+                    break;
+                }
+                continue;
+            }
         };
         match stream {
             Ok((send, recv)) => {
                 let (shared, conn) = (shared.clone(), conn.clone());
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                let in_flight = in_flight.clone();
                 tokio::spawn(async move {
                     if let Err(e) = request(&shared, send, recv).await {
                         e.record(&shared, Transport::Quic, conn.remote_address());
@@ -100,6 +138,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, stop: watch:
                             conn.close(1u32.into(), b"malformed frame");
                         }
                     }
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(_) => break,
@@ -129,8 +168,26 @@ async fn request(
 ) -> Result<(), ReadError> {
     let codec = FrameCodec::new(shared.config.max_frame_len);
     let mut sink = StreamSink(send);
-    let Some((frame, credit)) = read_frame(&mut recv, shared, &codec).await? else {
-        return Ok(());
+    // A stream is one request: its frame must start within the idle time.
+    let nothing_in_flight = AtomicUsize::new(0);
+    let idle = Idle {
+        limit: shared.config.idle_timeout,
+        in_flight: &nothing_in_flight,
+    };
+    let read = read_frame(&mut recv, shared, &codec, Some(&idle)).await;
+    let Received {
+        frame,
+        credit,
+        admitted,
+    } = match read {
+        Ok(Some(read)) => read,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            if let Some(frame) = e.frame() {
+                let _ = sink.send(encode(&frame), None).await;
+            }
+            return Err(e);
+        }
     };
     match frame {
         Frame::Hello(h) => {
@@ -155,7 +212,7 @@ async fn request(
             sink.send(encode(&reply), None).await?;
         }
         Frame::PushBlocks(push) => {
-            let reply = handle_push(shared, push, credit, Transport::Quic).await;
+            let reply = handle_push(shared, push, credit, admitted, Transport::Quic).await;
             sink.send(encode(&reply), None).await?;
         }
         Frame::Fetch(req) => {

@@ -1,9 +1,16 @@
 //! The TCP data plane. One connection carries many requests, told apart by
 //! request id: the reader takes frames off the socket (waiting for memory
-//! credit before each body), each request runs as its own task, and one
-//! writer task puts replies on the socket in the order they are ready.
+//! credit before each body, see `framing.rs`), each request runs as its own
+//! task, and one writer task puts replies on the socket in the order they
+//! are ready.
+//!
+//! Connections are capped in all and per peer address
+//! (`max_connections`, `max_connections_per_peer`): one over a cap gets a
+//! `LimitExceeded` error frame and is closed. A connection with no request
+//! in flight for `idle_timeout` is closed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +22,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    encode, error_frame, handle_push, read_frame, serve_fetch, write_segments, FrameSink, ReadError,
-    Transport,
+    encode, error_frame, handle_push, read_frame, serve_fetch, write_segments, FrameSink, Idle, ReadError,
+    Received, Transport,
 };
 use crate::budget::Credit;
-use crate::state::Shared;
+use crate::state::{ConnSlot, Shared};
 
 /// Replies queued per connection (each from a different request: a request
 /// waits for its previous frame to be written before it sends the next).
 const OUTBOX_DEPTH: usize = 16;
 /// A client must say hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer per connection: small, so an idle connection costs little;
+/// frame bodies larger than it are read straight into their own buffer.
+const READ_BUFFER: usize = 8 << 10;
+/// Longest time spent telling a refused connection why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Outgoing {
     segments: Vec<Bytes>,
@@ -64,9 +76,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watc
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(connection(shared.clone(), stream, peer, stop.clone()));
-                }
+                Ok((stream, peer)) => match shared.connections.admit(peer.ip()) {
+                    Ok(slot) => {
+                        tokio::spawn(connection(shared.clone(), stream, peer, stop.clone(), slot));
+                    }
+                    Err(refusal) => {
+                        shared.rejected(&refusal);
+                        tracing::debug!(%peer, "refusing a connection: {refusal}");
+                        tokio::spawn(refuse(stream, refusal));
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("tcp accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -77,7 +96,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watc
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+/// Tells a connection over a cap why it is closed, then closes it.
+async fn refuse(mut stream: TcpStream, refusal: ServiceError) {
+    let mut segments = encode(&error_frame(0, refusal));
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        let _ = write_segments(&mut stream, &mut segments).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    _slot: ConnSlot,
+) {
     let gauge = shared.metrics.open_connections.with_label_values(&["tcp"]);
     gauge.inc();
     let _ = stream.set_nodelay(true);
@@ -93,7 +128,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, st
         }
         let _ = write_half.shutdown().await;
     });
-    let mut reader = BufReader::with_capacity(64 << 10, read_half);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     let codec = FrameCodec::new(shared.config.max_frame_len);
     let outbox = Outbox(tx);
     let result = tokio::select! {
@@ -102,13 +137,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, st
     };
     if let Err(e) = result {
         e.record(&shared, Transport::Tcp, peer);
-        if let ReadError::Protocol(p) = &e {
-            let frame = error_frame(
-                0,
-                ServiceError::Malformed {
-                    reason: p.to_string(),
-                },
-            );
+        if let Some(frame) = e.frame() {
             let mut out = outbox.clone();
             let _ = out.send(encode(&frame), None).await;
         }
@@ -125,11 +154,18 @@ async fn requests(
     codec: &FrameCodec,
     outbox: &Outbox,
 ) -> Result<(), ReadError> {
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(reader, shared, codec))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let hello_wait = Idle {
+        limit: HELLO_TIMEOUT,
+        in_flight: &in_flight,
+    };
+    let hello = match read_frame(reader, shared, codec, Some(&hello_wait)).await {
+        Err(ReadError::Idle(_)) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello").into())
+        }
         // The hello's credit is returned at once, not when the connection ends.
-        .map(|(frame, _credit)| frame);
+        other => other?.map(|received| received.frame),
+    };
     match hello {
         Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
             let reply = Frame::Hello(Hello {
@@ -158,20 +194,33 @@ async fn requests(
         }
         None => return Ok(()),
     }
-    while let Some((frame, credit)) = read_frame(reader, shared, codec).await? {
+    let idle = Idle {
+        limit: shared.config.idle_timeout,
+        in_flight: &in_flight,
+    };
+    while let Some(received) = read_frame(reader, shared, codec, Some(&idle)).await? {
+        let Received {
+            frame,
+            credit,
+            admitted,
+        } = received;
         match frame {
             Frame::PushBlocks(push) => {
                 let (shared, mut out) = (shared.clone(), outbox.clone());
+                let request = Request::start(&in_flight);
                 tokio::spawn(async move {
-                    let reply = handle_push(&shared, push, credit, Transport::Tcp).await;
+                    let reply = handle_push(&shared, push, credit, admitted, Transport::Tcp).await;
                     let _ = out.send(encode(&reply), None).await;
+                    drop(request);
                 });
             }
             Frame::Fetch(req) => {
                 drop(credit);
                 let (shared, mut out) = (shared.clone(), outbox.clone());
+                let request = Request::start(&in_flight);
                 tokio::spawn(async move {
                     let _ = serve_fetch(&shared, req, Transport::Tcp, &mut out).await;
+                    drop(request);
                 });
             }
             other => {
@@ -184,6 +233,22 @@ async fn requests(
         }
     }
     Ok(())
+}
+
+/// One request of a connection in flight (the connection is not idle).
+struct Request(Arc<AtomicUsize>);
+
+impl Request {
+    fn start(in_flight: &Arc<AtomicUsize>) -> Self {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        Request(in_flight.clone())
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(crate) fn frame_name(frame: &Frame) -> &'static str {

@@ -100,6 +100,17 @@ fn out_of_range(what: &'static str, n: usize, max: u64) -> ProtocolError {
     }
 }
 
+/// The format version of a meta written by a newer server than this one
+/// (magic right, version above [`META_VERSION`]); `None` otherwise. Such a
+/// file is left alone, not decoded.
+pub(crate) fn newer_version(bytes: &[u8]) -> Option<u16> {
+    if bytes.len() < PREAMBLE_LEN || bytes[..4] != META_MAGIC {
+        return None;
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    (version > META_VERSION).then_some(version)
+}
+
 /// Decodes and validates a whole meta file: `buf` must hold exactly one
 /// meta, trailing CRC32C included.
 pub(crate) fn decode(buf: &mut impl Buf) -> Result<SealedMeta, ProtocolError> {

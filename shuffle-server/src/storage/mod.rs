@@ -17,6 +17,7 @@
 //! with the store's [`MemoryBudget`]. Only blocking and sealed hybrid-full
 //! shuffles survive a restart.
 
+mod disks;
 mod layout;
 mod meta;
 mod modes;
@@ -37,13 +38,14 @@ use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
+use self::disks::Disks;
+pub use self::disks::{DiskErrorKind, DiskStatus};
 use self::layout::Layout;
 pub use self::modes::ShuffleRead;
-use self::partition::FileBudget;
-pub use self::persist::RecoveryReport;
+pub use self::persist::{RecoveryReport, SetAside};
 pub use self::reader::PartitionReader;
 pub use self::shuffle::CommitOutcome;
-use self::shuffle::{Placement, ShuffleState};
+use self::shuffle::{rlock, wlock, ShuffleState};
 use self::stream::MemoryGauge;
 use self::streaming::StreamEnv;
 pub use self::streaming::{StreamBlock, StreamReader};
@@ -56,6 +58,20 @@ pub struct StoreConfig {
     /// Data directories; the partitions of each shuffle are spread over all
     /// of them. No default: at least one is required.
     pub data_dirs: Vec<PathBuf>,
+    /// Create data directories that do not exist. When `false`, a missing
+    /// one is refused at open (an unmounted disk must not silently become a
+    /// folder on the root file system). Default: `true` here, for embedded
+    /// use; the daemon's default is `false`.
+    pub create_data_dirs: bool,
+    /// A data directory with less free space than this takes no new
+    /// partition (partitions already there go on being appended to until
+    /// the disk is really full). Default: 1 GiB, like Celeborn's disk
+    /// reservation.
+    pub disk_reserve: u64,
+    /// How often the store probes its data directories (free space and a
+    /// write test) and, for hybrid shuffles, how often at most it sweeps.
+    /// Default: 5 s.
+    pub check_interval: Duration,
     /// Most partition files held open for appending at once, over all
     /// shuffles. Beyond it a partition opens, appends and closes per block.
     /// Default: 4096.
@@ -81,6 +97,8 @@ pub struct StoreConfig {
     /// afterwards (the server reserves its largest frame, so hybrid copies
     /// never make a push wait). Default: 0.
     pub stream_headroom: u64,
+    /// Limits on what registrations may ask for.
+    pub limits: StoreLimits,
 }
 
 impl StoreConfig {
@@ -88,11 +106,42 @@ impl StoreConfig {
     pub fn new(data_dirs: Vec<PathBuf>) -> Self {
         StoreConfig {
             data_dirs,
+            create_data_dirs: true,
+            disk_reserve: 1 << 30,
+            check_interval: Duration::from_secs(5),
             max_open_files: 4096,
             fsync_on_seal: true,
             memory_budget: MemoryBudget::unmetered(256 << 20),
             spill_after: Duration::from_secs(1),
             stream_headroom: 0,
+            limits: StoreLimits::default(),
+        }
+    }
+}
+
+/// Limits on registered shuffles. A registration beyond one is refused with
+/// [`ServerError::LimitExceeded`] naming it. Registering costs a few hundred
+/// bytes whatever the shape (state grows with the data pushed), so these
+/// bound what idle registrations can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Shuffles registered at once, over all apps. Default 65,536.
+    pub max_shuffles: usize,
+    /// Shuffles one app may have registered at once. Default 10,000 (a
+    /// long Spark application creates thousands over its life; its cleaner
+    /// unregisters them as they go out of use).
+    pub max_shuffles_per_app: usize,
+    /// `num_maps x num_partitions` of one shuffle. Default 10^9, which
+    /// admits 10,000 maps x 50,000 partitions with room to spare.
+    pub max_maps_x_partitions: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_shuffles: 65_536,
+            max_shuffles_per_app: 10_000,
+            max_maps_x_partitions: 1_000_000_000,
         }
     }
 }
@@ -155,44 +204,83 @@ impl Counters {
 
 type ShuffleKey = (AppId, ShuffleId);
 
+/// The registered shuffles.
+#[derive(Debug, Default)]
+struct Registry {
+    by_key: HashMap<ShuffleKey, Arc<ShuffleState>>,
+    per_app: HashMap<AppId, usize>,
+    /// Shuffles on disk that this store does not serve (a meta of a newer
+    /// format): their ids are refused, so nothing overwrites them. The
+    /// value says why.
+    held: HashMap<ShuffleKey, String>,
+}
+
+impl Registry {
+    fn insert(&mut self, state: Arc<ShuffleState>) {
+        *self.per_app.entry(state.app.clone()).or_insert(0) += 1;
+        self.by_key.insert((state.app.clone(), state.id), state);
+    }
+
+    fn remove(&mut self, key: &ShuffleKey) -> Option<Arc<ShuffleState>> {
+        let state = self.by_key.remove(key)?;
+        if let Some(n) = self.per_app.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_app.remove(&key.0);
+            }
+        }
+        Some(state)
+    }
+}
+
 /// The partition store. Cheap to share behind an `Arc`; every method takes
 /// `&self` and is safe to call from many threads.
 #[derive(Debug)]
 pub struct Store {
-    layout: Layout,
-    shuffles: RwLock<HashMap<ShuffleKey, Arc<ShuffleState>>>,
-    files: FileBudget,
+    disks: Disks,
+    shuffles: RwLock<Registry>,
     counters: Arc<Counters>,
     fsync_on_seal: bool,
+    limits: StoreLimits,
+    check_interval: Duration,
     recovery: RecoveryReport,
-    /// Bytes appended to partition files, per data dir, since opening.
-    written_by_dir: Box<[AtomicU64]>,
     /// Budget, memory gauge and spill counters of streaming shuffles.
     env: StreamEnv,
 }
 
 impl Store {
-    /// Opens a store over the configured data directories, creating them.
+    /// Opens a store over the configured data directories (see
+    /// [`StoreConfig::create_data_dirs`]).
     ///
-    /// Recovers what an earlier run left: every sealed shuffle whose meta
-    /// file is valid is served again; every other shuffle folder is deleted
-    /// in every data directory (see [`Store::recovery`]). Fails if a data
-    /// directory cannot be listed or a discarded folder cannot be deleted.
+    /// Recovers what an earlier run left (see [`Store::recovery`]): sealed
+    /// shuffles are served again, unsealed ones deleted, unreadable ones
+    /// quarantined, newer ones left alone. Fails if a data directory is
+    /// missing or cannot be listed, or a discarded folder cannot be deleted.
     pub fn open(config: StoreConfig) -> Result<Self, ServerError> {
-        let layout = Layout::new(&config.data_dirs)?;
-        let (restored, recovery) = persist::recover(&layout, config.fsync_on_seal)?;
-        let shuffles = restored
-            .into_iter()
-            .map(|state| ((state.app.clone(), state.id), Arc::new(state)))
-            .collect();
+        let layout = Layout::new(&config.data_dirs, config.create_data_dirs)?;
+        let recovered = persist::recover(&layout, config.fsync_on_seal)?;
+        let disks = Disks::new(layout, config.disk_reserve, config.max_open_files);
+        for (dir, bytes) in &recovered.bytes_by_dir {
+            disks.restored(*dir, *bytes);
+        }
+        disks.probe_all();
+        let mut registry = Registry::default();
+        for state in recovered.shuffles {
+            registry.insert(Arc::new(state));
+        }
+        for held in &recovered.report.held {
+            registry
+                .held
+                .insert((held.app.clone(), held.shuffle), held.reason.clone());
+        }
         Ok(Store {
-            written_by_dir: layout.data_dirs().iter().map(|_| AtomicU64::new(0)).collect(),
-            layout,
-            shuffles: RwLock::new(shuffles),
-            files: FileBudget::new(config.max_open_files),
+            disks,
+            shuffles: RwLock::new(registry),
             counters: Arc::default(),
             fsync_on_seal: config.fsync_on_seal,
-            recovery,
+            limits: config.limits,
+            check_interval: config.check_interval,
+            recovery: recovered.report,
             env: StreamEnv {
                 budget: config.memory_budget,
                 gauge: Arc::new(MemoryGauge::default()),
@@ -204,18 +292,19 @@ impl Store {
         })
     }
 
-    /// What [`Store::open`] restored, discarded and ignored.
+    /// What [`Store::open`] restored, discarded, quarantined and ignored.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
     }
 
     /// The data directories, canonicalized.
     pub fn data_dirs(&self) -> &[PathBuf] {
-        self.layout.data_dirs()
+        self.disks.layout.data_dirs()
     }
 
     /// Registers a shuffle. Registering again with the same spec is a no-op;
-    /// with another spec it is refused.
+    /// with another spec it is refused. Costs no disk I/O and O(1) memory:
+    /// files and folders appear with the first block.
     pub fn register_shuffle(
         &self,
         app: &AppId,
@@ -223,11 +312,8 @@ impl Store {
         spec: ShuffleSpec,
     ) -> Result<(), ServerError> {
         let key = (app.clone(), shuffle);
-        let mut shuffles = self
-            .shuffles
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(existing) = shuffles.get(&key) {
+        let mut shuffles = wlock(&self.shuffles);
+        if let Some(existing) = shuffles.by_key.get(&key) {
             if existing.spec == spec {
                 return Ok(());
             }
@@ -237,34 +323,55 @@ impl Store {
                 existing: existing.spec,
             });
         }
-        for dir in self.layout.shuffle_dirs(app, shuffle) {
-            std::fs::create_dir_all(&dir).map_err(ServerError::io("create shuffle dir", &dir))?;
+        if let Some(reason) = shuffles.held.get(&key) {
+            return Err(ServerError::CorruptFile {
+                path: self.disks.layout.shuffle_dir(0, app, shuffle),
+                reason: format!("held on disk and not served: {reason}"),
+            });
         }
-        let layout = &self.layout;
-        let placement = Placement {
-            dirs: layout.shuffle_dirs(app, shuffle),
-            fsync_on_seal: self.fsync_on_seal,
+        let cells = u64::from(spec.num_maps()) * u64::from(spec.num_partitions());
+        let limits = &self.limits;
+        let app_count = shuffles.per_app.get(app).copied().unwrap_or(0);
+        let over = if cells > limits.max_maps_x_partitions {
+            Some(("max_maps_x_partitions", limits.max_maps_x_partitions, cells))
+        } else if shuffles.by_key.len() >= limits.max_shuffles {
+            Some((
+                "max_shuffles",
+                limits.max_shuffles as u64,
+                shuffles.by_key.len() as u64 + 1,
+            ))
+        } else if app_count >= limits.max_shuffles_per_app {
+            Some((
+                "max_shuffles_per_app",
+                limits.max_shuffles_per_app as u64,
+                app_count as u64 + 1,
+            ))
+        } else {
+            None
         };
-        let state = ShuffleState::new(app.clone(), shuffle, spec, placement, |p| {
-            layout.partition_file(app, shuffle, p)
-        });
-        shuffles.insert(key, Arc::new(state));
+        if let Some((limit, max, requested)) = over {
+            return Err(ServerError::LimitExceeded {
+                limit,
+                max,
+                requested,
+            });
+        }
+        shuffles.insert(Arc::new(ShuffleState::new(
+            app.clone(),
+            shuffle,
+            spec,
+            self.fsync_on_seal,
+        )));
         Ok(())
     }
 
     fn all_shuffles(&self) -> Vec<Arc<ShuffleState>> {
-        self.shuffles
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        rlock(&self.shuffles).by_key.values().cloned().collect()
     }
 
     fn shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<Arc<ShuffleState>, ServerError> {
-        self.shuffles
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        rlock(&self.shuffles)
+            .by_key
             .get(&(app.clone(), shuffle))
             .cloned()
             .ok_or_else(|| ServerError::UnknownShuffle {
@@ -323,22 +430,18 @@ impl Store {
                 });
             }
         }
-        if state.stream.is_some() {
+        if state.streams() {
             return self.push_stream(&state, blocks, credit);
         }
         // Held until the blocks are on disk.
         let _credit = credit;
         let mut outcome = PushOutcome::default();
         for block in &blocks {
-            if state.append(block, &self.files)? {
+            if state.append(block, &self.disks)? {
                 outcome.stored += 1;
                 let len = block.encoded_len() as u64;
                 self.counters.blocks_stored.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
-                let dir = self.layout.dir_index(app, shuffle, block.id().partition);
-                if let Some(written) = self.written_by_dir.get(dir) {
-                    written.fetch_add(len, Ordering::Relaxed);
-                }
             } else {
                 outcome.duplicates += 1;
                 self.counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +462,7 @@ impl Store {
     ) -> Result<CommitOutcome, ServerError> {
         let state = self.shuffle(app, shuffle)?;
         state.check_live()?;
-        state.commit(map, attempt, manifest, &self.files)
+        state.commit(map, attempt, manifest, &self.disks)
     }
 
     /// Opens a sealed partition for reading, limited to `maps`.
@@ -389,88 +492,90 @@ impl Store {
 
     /// Forgets a shuffle and deletes its files.
     pub fn unregister_shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<(), ServerError> {
-        let removed = self
-            .shuffles
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let removed = wlock(&self.shuffles)
             .remove(&(app.clone(), shuffle))
             .ok_or_else(|| ServerError::UnknownShuffle {
                 app: app.clone(),
                 shuffle,
             })?;
-        removed.mark_removed();
-        removed.close_files(&self.files);
-        for dir in self.layout.shuffle_dirs(app, shuffle) {
-            remove_dir_if_present(&dir)?;
-        }
-        for data_dir in self.layout.data_dirs() {
-            // Drop the app folder once its last shuffle is gone; fails
-            // harmlessly while other shuffles of the app remain.
-            let _ = std::fs::remove_dir(self.layout.app_dir(data_dir, app));
-        }
+        self.delete(&removed)?;
+        self.remove_empty_app_dirs(app);
         Ok(())
     }
 
-    /// Forgets every shuffle of an app and deletes the app's files.
+    /// Forgets every shuffle of an app and deletes their files. Only what
+    /// this store registered or restored is deleted: anything else in the
+    /// app's folders (a shuffle held for a newer server) stays.
     pub fn unregister_app(&self, app: &AppId) -> Result<(), ServerError> {
         let removed: Vec<Arc<ShuffleState>> = {
-            let mut shuffles = self
-                .shuffles
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let keys: Vec<ShuffleKey> = shuffles.keys().filter(|(a, _)| a == app).cloned().collect();
+            let mut shuffles = wlock(&self.shuffles);
+            let keys: Vec<ShuffleKey> = shuffles
+                .by_key
+                .keys()
+                .filter(|(a, _)| a == app)
+                .cloned()
+                .collect();
             keys.iter().filter_map(|k| shuffles.remove(k)).collect()
         };
+        let mut first_error = None;
         for state in &removed {
-            state.mark_removed();
-            state.close_files(&self.files);
+            if let Err(e) = self.delete(state) {
+                first_error.get_or_insert(e);
+            }
         }
-        for data_dir in self.layout.data_dirs() {
-            remove_dir_if_present(&self.layout.app_dir(data_dir, app))?;
+        self.remove_empty_app_dirs(app);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Marks an unregistered shuffle removed and deletes its folder in
+    /// every data directory.
+    fn delete(&self, state: &ShuffleState) -> Result<(), ServerError> {
+        state.mark_removed();
+        state.close_files(&self.disks);
+        for (dir, bytes) in state.bytes_by_dir() {
+            self.disks.removed(dir, bytes);
         }
-        Ok(())
+        let mut first_error = None;
+        for dir in 0..self.disks.len() {
+            let folder = self.disks.layout.shuffle_dir(dir, &state.app, state.id);
+            if let Err(e) = remove_dir_if_present(&folder) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn remove_empty_app_dirs(&self, app: &AppId) {
+        for dir in 0..self.disks.len() {
+            // Fails harmlessly while other shuffles of the app remain.
+            let _ = std::fs::remove_dir(self.disks.layout.app_dir(dir, app));
+        }
     }
 
     /// Apps with at least one registered (or restored) shuffle, sorted.
     pub fn app_ids(&self) -> Vec<AppId> {
-        let shuffles = self
-            .shuffles
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let apps: BTreeSet<&AppId> = shuffles.keys().map(|(app, _)| app).collect();
+        let shuffles = rlock(&self.shuffles);
+        let apps: BTreeSet<&AppId> = shuffles.per_app.keys().collect();
         apps.into_iter().cloned().collect()
     }
 
     /// Number of registered (or restored) shuffles.
     pub fn shuffle_count(&self) -> usize {
-        self.shuffles
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        rlock(&self.shuffles).by_key.len()
     }
 
-    /// Bytes in the partition files of every live shuffle (every attempt),
-    /// per data directory, in [`Store::data_dirs`] order. From memory, no
-    /// I/O; walks every partition of every shuffle.
-    pub fn stored_bytes_by_dir(&self) -> Vec<(PathBuf, u64)> {
-        let mut totals = vec![0u64; self.layout.data_dirs().len()];
-        for state in self.all_shuffles() {
-            for (partition, bytes) in state.partition_bytes() {
-                totals[self.layout.dir_index(&state.app, state.id, partition)] += bytes;
-            }
-        }
-        self.layout.data_dirs().iter().cloned().zip(totals).collect()
+    /// Every data directory's state (free space, whether it takes new
+    /// partitions and why not, bytes stored and written, errors), in
+    /// [`Store::data_dirs`] order. From memory, no I/O: the store probes
+    /// its disks every [`StoreConfig::check_interval`].
+    pub fn disk_status(&self) -> Vec<DiskStatus> {
+        self.disks.status()
     }
 
-    /// Bytes appended to partition files since the store was opened, per
-    /// data directory (for the flush metrics).
-    pub fn written_bytes_by_dir(&self) -> Vec<(PathBuf, u64)> {
-        self.layout
-            .data_dirs()
-            .iter()
-            .zip(self.written_by_dir.iter())
-            .map(|(d, w)| (d.clone(), w.load(Ordering::Relaxed)))
-            .collect()
+    /// Probes every data directory now (free space, a write test): blocking
+    /// I/O, run by the store's maintenance thread.
+    pub fn probe_disks(&self) {
+        self.disks.probe_all();
     }
 
     /// Flushes (fsync) every partition file currently open for appending,
@@ -480,7 +585,7 @@ impl Store {
     pub fn sync_all(&self) -> Result<(), ServerError> {
         let mut first_error = None;
         for state in self.all_shuffles() {
-            if let Err(e) = state.sync_open_files() {
+            if let Err(e) = state.sync_open_files(&self.disks) {
                 first_error.get_or_insert(e);
             }
         }

@@ -36,34 +36,20 @@ impl Store {
         blocks: Vec<Block>,
         credit: Option<Credit>,
     ) -> Result<PushOutcome, ServerError> {
-        let lens: Vec<(u64, PartitionId)> = blocks
-            .iter()
-            .map(|b| (b.encoded_len() as u64, b.id().partition))
-            .collect();
-        let results = state.push_streaming(blocks, credit, &self.env, &self.files)?;
+        let lens: Vec<u64> = blocks.iter().map(|b| b.encoded_len() as u64).collect();
+        let results = state.push_streaming(blocks, credit, &self.env, &self.disks)?;
         let mut outcome = PushOutcome::default();
-        for ((stored, on_disk), (len, partition)) in results.into_iter().zip(lens) {
+        for ((stored, _on_disk), len) in results.into_iter().zip(lens) {
             if stored {
                 outcome.stored += 1;
                 self.counters.blocks_stored.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
-                self.count_written(&state.app, state.id, partition, on_disk);
             } else {
                 outcome.duplicates += 1;
                 self.counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(outcome)
-    }
-
-    fn count_written(&self, app: &AppId, shuffle: ShuffleId, partition: PartitionId, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let dir = self.layout.dir_index(app, shuffle, partition);
-        if let Some(written) = self.written_by_dir.get(dir) {
-            written.fetch_add(bytes, Ordering::Relaxed);
-        }
     }
 
     /// Opens a reader of `partition` for `maps`, in any mode. Blocking
@@ -81,11 +67,10 @@ impl Store {
     ) -> Result<ShuffleRead, ServerError> {
         let state = self.shuffle(app, shuffle)?;
         state.check_live()?;
-        let from_disk = match state.spec.mode() {
-            ShuffleMode::Blocking => true,
-            ShuffleMode::Hybrid(SpillStrategy::Full) => state.is_sealed() || state.stream.is_none(),
-            _ => false,
-        };
+        // Blocking shuffles, and hybrid-full ones once sealed (or restored,
+        // without stream state), read like blocking.
+        let from_disk = !state.spec.mode().streams()
+            || (state.spec.mode().persists_seal() && (state.is_sealed() || !state.streams()));
         if from_disk {
             return self.read(app, shuffle, partition, maps).map(ShuffleRead::Sealed);
         }
@@ -105,7 +90,7 @@ impl Store {
         let mut written = 0;
         let mut first_error = None;
         for state in self.all_shuffles() {
-            match state.sweep(now, &self.env, &self.files) {
+            match state.sweep(now, &self.env, &self.disks) {
                 Ok(n) => written += n,
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -115,22 +100,34 @@ impl Store {
         first_error.map_or(Ok(written), Err)
     }
 
-    /// Starts a thread that runs [`Store::sweep_streams`] several times per
-    /// `spill_after`, until the store is dropped.
-    pub fn start_sweeper(self: &Arc<Self>) {
-        let period = (self.env.spill_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    /// Starts the store's maintenance thread, until the store is dropped:
+    /// it runs [`Store::sweep_streams`] several times per `spill_after`,
+    /// and probes the data directories every `check_interval`
+    /// ([`Store::probe_disks`]).
+    pub fn start_maintenance(self: &Arc<Self>) {
+        let period = (self.env.spill_after / 4)
+            .min(self.check_interval)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let check_every = self.check_interval;
         let weak: Weak<Store> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
-            .name("rss-spill-sweep".into())
-            .spawn(move || loop {
-                std::thread::sleep(period);
-                let Some(store) = weak.upgrade() else { return };
-                if let Err(e) = store.sweep_streams() {
-                    tracing::warn!("spilling streaming blocks failed: {e}");
+            .name("rss-store-maintenance".into())
+            .spawn(move || {
+                let mut last_probe = Instant::now();
+                loop {
+                    std::thread::sleep(period);
+                    let Some(store) = weak.upgrade() else { return };
+                    if let Err(e) = store.sweep_streams() {
+                        tracing::warn!("spilling streaming blocks failed: {e}");
+                    }
+                    if last_probe.elapsed() >= check_every {
+                        store.probe_disks();
+                        last_probe = Instant::now();
+                    }
                 }
             });
         if let Err(e) = spawned {
-            tracing::error!("cannot start the spill sweep: {e}");
+            tracing::error!("cannot start the store's maintenance thread: {e}");
         }
     }
 

@@ -37,10 +37,12 @@ pub struct PartitionReader {
 }
 
 impl PartitionReader {
+    /// `path` is the partition's file, `None` when it has none (then the
+    /// plan must be empty).
     pub(crate) fn open(
         shuffle: ShuffleId,
         partition: PartitionId,
-        path: PathBuf,
+        path: Option<PathBuf>,
         plan: Vec<PlannedBlock>,
         counters: Arc<Counters>,
     ) -> Result<Self, ServerError> {
@@ -52,22 +54,28 @@ impl PartitionReader {
         let data = if needed == 0 {
             Bytes::new()
         } else {
-            let file = match File::open(&path) {
+            let Some(path) = &path else {
+                return Err(ServerError::CorruptFile {
+                    path: PathBuf::from("-"),
+                    reason: format!("{partition} has no file but its index needs {needed} bytes"),
+                });
+            };
+            let file = match File::open(path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ServerError::CorruptFile {
-                        path,
+                        path: path.clone(),
                         reason: format!("file is missing but the index needs {needed} bytes"),
                     });
                 }
-                Err(e) => return Err(ServerError::io("open", &path)(e)),
+                Err(e) => return Err(ServerError::io("open", path)(e)),
             };
-            let on_disk = file.metadata().map_err(ServerError::io("stat", &path))?.len();
+            let on_disk = file.metadata().map_err(ServerError::io("stat", path))?.len();
             // Checked before mapping: touching a page past the end of the
             // file would raise SIGBUS instead of an error.
             if on_disk < needed {
                 return Err(ServerError::CorruptFile {
-                    path,
+                    path: path.clone(),
                     reason: format!("file has {on_disk} bytes but the index needs {needed}"),
                 });
             }
@@ -76,7 +84,7 @@ impl PartitionReader {
             // truncates it while the shuffle is sealed; its length was
             // checked above. A process outside the server truncating it
             // while mapped is outside what the server can defend against.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ServerError::io("mmap", &path))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ServerError::io("mmap", path))?;
             #[cfg(unix)]
             let _ = map.advise(memmap2::Advice::Sequential);
             Bytes::from_owner(map)
@@ -84,7 +92,7 @@ impl PartitionReader {
         Ok(PartitionReader {
             shuffle,
             partition,
-            path,
+            path: path.unwrap_or_else(|| PathBuf::from("-")),
             data,
             plan,
             next: 0,

@@ -1,25 +1,33 @@
 //! State of one registered shuffle: its partitions and its commits.
 //!
-//! Lock order: `commits` before any partition. The push path never holds
-//! both; the commit path takes `commits`, then each partition in turn.
-//! No lock here is ever held across an `.await` (this module is sync).
+//! Memory rule: registering costs O(1). A partition's file (and, in the
+//! streaming modes, its stream index) is created when something first
+//! touches that partition, and a map's commit record when it commits, so a
+//! shuffle of 10,000 maps x 50,000 partitions that nobody wrote to costs as
+//! little as one of 1 x 1; what grows, grows with the data pushed.
+//!
+//! Lock order: `commits`, then the stream-part map, then a stream part, then
+//! the file map, then a partition file. The push path never holds `commits`
+//! while it appends; the commit path takes `commits`, then each partition in
+//! turn. No lock here is ever held across an `.await` (this module is sync).
 //!
 //! Sealing is made durable before it is visible: the commit that seals
 //! flushes the partition files (per the fsync policy) and writes the meta
 //! file (see `persist.rs`) while it holds `commits`, and only then marks the
 //! shuffle sealed.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protocol::{
-    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode,
-    ShuffleSpec,
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
+use super::disks::Disks;
 use super::meta::{self, SealedMeta};
-use super::partition::{FileBudget, PartitionFile};
+use super::partition::{PartitionFile, Place, Target};
 use super::persist;
 use super::reader::PlannedBlock;
 use super::streaming::StreamPart;
@@ -31,16 +39,30 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-#[derive(Debug)]
-struct Committed {
-    attempt: AttemptId,
-    manifest: CommitManifest,
+pub(crate) fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug)]
-struct Commits {
-    by_map: Vec<Option<Committed>>,
-    count: u32,
+pub(crate) struct Committed {
+    pub attempt: AttemptId,
+    pub manifest: CommitManifest,
+}
+
+/// The committed attempt of each map that committed.
+#[derive(Debug, Default)]
+pub(crate) struct Commits {
+    pub by_map: BTreeMap<MapId, Committed>,
+}
+
+impl Commits {
+    fn count(&self) -> u32 {
+        self.by_map.len() as u32
+    }
 }
 
 /// The result of a commit.
@@ -52,52 +74,32 @@ pub struct CommitOutcome {
     pub already_committed: bool,
 }
 
-/// Where a shuffle's files live and how its seal is made durable.
-#[derive(Debug)]
-pub(crate) struct Placement {
-    /// The shuffle's folder in every data dir; the first holds the meta.
-    pub dirs: Vec<PathBuf>,
-    /// Flush data files, folders and the meta to stable storage at seal.
-    pub fsync_on_seal: bool,
-}
+type Shared<T> = Arc<Mutex<T>>;
 
 #[derive(Debug)]
 pub(crate) struct ShuffleState {
     pub app: AppId,
     pub id: ShuffleId,
     pub spec: ShuffleSpec,
-    placement: Placement,
-    pub(super) partitions: Box<[Mutex<PartitionFile>]>,
-    /// Streaming modes only: each partition's stream index. Lock order:
-    /// `commits`, then a stream part, then a partition file.
-    pub(super) stream: Option<Box<[StreamPart]>>,
+    /// Flush data files, folders and the meta to stable storage at seal.
+    fsync_on_seal: bool,
+    /// Partition files, created on first use.
+    files: RwLock<HashMap<PartitionId, Shared<PartitionFile>>>,
+    /// Streaming modes only: each partition's stream index, created on
+    /// first use (from the commits so far).
+    stream: Option<RwLock<HashMap<PartitionId, Arc<StreamPart>>>>,
     commits: Mutex<Commits>,
     sealed: AtomicBool,
     removed: AtomicBool,
 }
 
 impl ShuffleState {
-    pub(crate) fn new(
-        app: AppId,
-        id: ShuffleId,
-        spec: ShuffleSpec,
-        placement: Placement,
-        path_of: impl Fn(PartitionId) -> PathBuf,
-    ) -> Self {
+    pub(crate) fn new(app: AppId, id: ShuffleId, spec: ShuffleSpec, fsync_on_seal: bool) -> Self {
         ShuffleState {
-            placement,
-            partitions: (0..spec.num_partitions())
-                .map(|p| Mutex::new(PartitionFile::new(path_of(PartitionId(p)))))
-                .collect(),
-            stream: (spec.mode() != ShuffleMode::Blocking).then(|| {
-                (0..spec.num_partitions())
-                    .map(|_| StreamPart::default())
-                    .collect()
-            }),
-            commits: Mutex::new(Commits {
-                by_map: (0..spec.num_maps()).map(|_| None).collect(),
-                count: 0,
-            }),
+            fsync_on_seal,
+            files: RwLock::default(),
+            stream: spec.mode().streams().then(RwLock::default),
+            commits: Mutex::default(),
             sealed: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             app,
@@ -106,38 +108,53 @@ impl ShuffleState {
         }
     }
 
-    /// A sealed shuffle as recorded in its meta; `file_of` gives each
-    /// partition's path and its length on disk.
+    /// A sealed shuffle as recorded in its meta; `files` gives where each
+    /// partition's file was found and its length on disk.
     pub(crate) fn restore(
         meta: SealedMeta,
-        placement: Placement,
-        file_of: impl Fn(PartitionId) -> (PathBuf, u64),
+        mut files: HashMap<PartitionId, (Place, u64)>,
+        fsync_on_seal: bool,
     ) -> Self {
-        let partitions = meta
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(p, blocks)| {
-                let (path, len) = file_of(PartitionId(p as u32));
-                Mutex::new(PartitionFile::restored(path, len, blocks))
-            })
-            .collect();
-        let count = meta.commits.len() as u32;
+        let mut restored = HashMap::new();
+        for (p, blocks) in meta.partitions.iter().enumerate() {
+            let partition = PartitionId(p as u32);
+            let found = files.remove(&partition);
+            if blocks.is_empty() && found.is_none() {
+                continue;
+            }
+            let (place, len) = match found {
+                Some((place, len)) => (Some(place), len),
+                None => (None, 0),
+            };
+            restored.insert(
+                partition,
+                Arc::new(Mutex::new(PartitionFile::restored(place, len, blocks))),
+            );
+        }
+        // Files of partitions the committed attempts never wrote to (a
+        // losing attempt's): kept so their bytes are counted and deleted.
+        for (partition, (place, len)) in files {
+            restored.insert(
+                partition,
+                Arc::new(Mutex::new(PartitionFile::restored(Some(place), len, &[]))),
+            );
+        }
         let by_map = meta
             .commits
             .into_iter()
-            .map(|(attempt, manifest)| Some(Committed { attempt, manifest }))
+            .enumerate()
+            .map(|(m, (attempt, manifest))| (MapId(m as u32), Committed { attempt, manifest }))
             .collect();
         ShuffleState {
             app: meta.app,
             id: meta.shuffle,
             spec: meta.spec,
-            placement,
-            partitions,
+            fsync_on_seal,
+            files: RwLock::new(restored),
             // A restored (sealed, hybrid-full or blocking) shuffle is read
             // from disk only.
             stream: None,
-            commits: Mutex::new(Commits { by_map, count }),
+            commits: Mutex::new(Commits { by_map }),
             sealed: AtomicBool::new(true),
             removed: AtomicBool::new(false),
         }
@@ -147,16 +164,22 @@ impl ShuffleState {
         self.sealed.load(Ordering::Acquire)
     }
 
+    /// Streaming state exists (a live pipelined or hybrid shuffle; not a
+    /// restored one, which reads like blocking).
+    pub(crate) fn streams(&self) -> bool {
+        self.stream.is_some()
+    }
+
     pub(crate) fn mark_removed(&self) {
         // Under `commits`: a seal in progress finishes first (the caller then
         // deletes its meta with the folder), and a later one sees the flag
         // and writes nothing, so no meta outlives an unregistered shuffle.
-        let _commits = lock(&self.commits);
+        let commits = lock(&self.commits);
         self.removed.store(true, Ordering::Release);
-        drop(_commits);
+        drop(commits);
         // Streaming blocks in memory are dropped (their credit returned) and
         // live readers woken: they see the flag and fail `UnknownShuffle`.
-        for part in self.stream.iter().flat_map(|s| s.iter()) {
+        for part in self.stream_parts() {
             lock(&part.index).clear();
             part.notify.notify_waiters();
         }
@@ -173,7 +196,7 @@ impl ShuffleState {
         Ok(())
     }
 
-    fn unknown(&self) -> ServerError {
+    pub(crate) fn unknown(&self) -> ServerError {
         ServerError::UnknownShuffle {
             app: self.app.clone(),
             shuffle: self.id,
@@ -200,6 +223,62 @@ impl ShuffleState {
         Ok(())
     }
 
+    /// The partition's file, if anything created it.
+    pub(crate) fn file(&self, partition: PartitionId) -> Option<Shared<PartitionFile>> {
+        rlock(&self.files).get(&partition).cloned()
+    }
+
+    /// The partition's file, created (empty, unplaced) if needed.
+    fn file_or_new(&self, partition: PartitionId) -> Shared<PartitionFile> {
+        if let Some(file) = self.file(partition) {
+            return file;
+        }
+        wlock(&self.files).entry(partition).or_default().clone()
+    }
+
+    fn all_files(&self) -> Vec<Shared<PartitionFile>> {
+        rlock(&self.files).values().cloned().collect()
+    }
+
+    /// Every stream part created so far.
+    pub(crate) fn stream_parts(&self) -> Vec<Arc<StreamPart>> {
+        self.stream
+            .as_ref()
+            .map(|s| rlock(s).values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The stream part of `partition`, created if needed: a new part learns
+    /// every commit so far, as if it had been there all along.
+    pub(crate) fn stream_part(&self, partition: PartitionId) -> Result<Arc<StreamPart>, ServerError> {
+        self.check_partition(partition)?;
+        let Some(parts) = &self.stream else {
+            // Internal invariant: callers check the mode first.
+            return Err(ServerError::UnsupportedMode {
+                mode: self.spec.mode(),
+            });
+        };
+        if let Some(part) = rlock(parts).get(&partition) {
+            return Ok(part.clone());
+        }
+        // Lock order: `commits` before the map, so no commit slips between
+        // the replay below and the part becoming visible to commits.
+        let commits = lock(&self.commits);
+        let mut map = wlock(parts);
+        if let Some(part) = map.get(&partition) {
+            return Ok(part.clone());
+        }
+        let part = Arc::new(StreamPart::default());
+        {
+            let mut index = lock(&part.index);
+            for (map_id, c) in &commits.by_map {
+                index.commit(*map_id, c.attempt, c.manifest.count(partition));
+            }
+        }
+        map.insert(partition, part.clone());
+        Ok(part)
+    }
+
     /// Validates a whole push before anything of it is written, so a bad
     /// request stores nothing.
     pub(crate) fn check_push(&self, blocks: &[Block]) -> Result<(), ServerError> {
@@ -214,7 +293,7 @@ impl ShuffleState {
             }
             self.check_partition(id.partition)?;
             self.check_map(id.map)?;
-            if let Some(c) = &commits.by_map[id.map.index()] {
+            if let Some(c) = commits.by_map.get(&id.map) {
                 if c.attempt != id.attempt {
                     return Err(ServerError::AttemptSuperseded {
                         map: id.map,
@@ -234,9 +313,19 @@ impl ShuffleState {
         Ok(())
     }
 
-    /// Appends one checked block; `false` when it was a duplicate.
-    pub(crate) fn append(&self, block: &Block, files: &FileBudget) -> Result<bool, ServerError> {
-        lock(&self.partitions[block.id().partition.index()]).append(block, files)
+    /// Appends one checked block to its partition's file; `false` when it
+    /// was a duplicate.
+    pub(crate) fn append(&self, block: &Block, disks: &Disks) -> Result<bool, ServerError> {
+        let partition = block.id().partition;
+        let file = self.file_or_new(partition);
+        let target = Target {
+            disks,
+            app: &self.app,
+            shuffle: self.id,
+            partition,
+        };
+        let appended = lock(&file).append(block, target);
+        appended
     }
 
     /// Commits a map attempt: the first attempt to commit wins, and only if
@@ -246,13 +335,13 @@ impl ShuffleState {
         map: MapId,
         attempt: AttemptId,
         manifest: CommitManifest,
-        files: &FileBudget,
+        disks: &Disks,
     ) -> Result<CommitOutcome, ServerError> {
         self.check_map(map)?;
         manifest.check_against(&self.spec)?;
         let mut commits = lock(&self.commits);
         self.check_live()?;
-        if let Some(c) = &commits.by_map[map.index()] {
+        if let Some(c) = commits.by_map.get(&map) {
             if c.attempt != attempt {
                 return Err(ServerError::CommitConflict {
                     map,
@@ -270,9 +359,17 @@ impl ShuffleState {
         }
         for &(partition, expected) in manifest.entries() {
             // Streaming modes: blocks consumed (and dropped) count as arrived.
-            let missing = match &self.stream {
-                Some(parts) => lock(&parts[partition.index()].index).first_missing(map, attempt, expected),
-                None => lock(&self.partitions[partition.index()]).first_missing(map, attempt, expected),
+            let missing = if let Some(parts) = &self.stream {
+                let part = rlock(parts).get(&partition).cloned();
+                match part {
+                    Some(part) => lock(&part.index).first_missing(map, attempt, expected),
+                    None => Some(0),
+                }
+            } else {
+                match self.file(partition) {
+                    Some(file) => lock(&file).first_missing(map, attempt, expected),
+                    None => Some(0),
+                }
             };
             if let Some(missing_seq) = missing {
                 return Err(ServerError::MissingBlocks {
@@ -284,21 +381,17 @@ impl ShuffleState {
                 });
             }
         }
-        let counts: Vec<u32> = match &self.stream {
-            Some(parts) => (0..parts.len() as u32)
-                .map(|p| manifest.count(PartitionId(p)))
-                .collect(),
-            None => Vec::new(),
-        };
-        commits.by_map[map.index()] = Some(Committed { attempt, manifest });
-        commits.count += 1;
-        let sealed = commits.count == self.spec.num_maps();
+        commits.by_map.insert(
+            map,
+            Committed {
+                attempt,
+                manifest: manifest.clone(),
+            },
+        );
+        let sealed = commits.count() == self.spec.num_maps();
         // Pipelined and hybrid-selective shuffles are never restored after a
         // restart (their data was in memory), so their seal writes no meta.
-        let persisted = matches!(
-            self.spec.mode(),
-            ShuffleMode::Blocking | ShuffleMode::Hybrid(protocol::SpillStrategy::Full)
-        );
+        let persisted = self.spec.mode().persists_seal();
         if sealed && !persisted {
             self.sealed.store(true, Ordering::Release);
         } else if sealed {
@@ -309,26 +402,25 @@ impl ShuffleState {
             // lock, as if it never happened: the caller gets the I/O error
             // (retryable), readers keep getting `NotSealed`, and retrying the
             // commit (or a newer attempt of the map committing) seals again.
-            if let Err(e) = self.persist_seal(&commits) {
-                commits.by_map[map.index()] = None;
-                commits.count -= 1;
+            if let Err(e) = self.persist_seal(&commits, disks) {
+                commits.by_map.remove(&map);
                 return Err(e);
             }
             self.sealed.store(true, Ordering::Release);
         }
+        // Every partition learns the winner (readers end on it) and drops
+        // the losers' blocks, returning their memory. Still under `commits`,
+        // so a push of a losing attempt cannot slip in after.
         if let Some(parts) = &self.stream {
-            // Every partition learns the winner (readers end on it) and
-            // drops the losers' blocks, returning their memory. Still under
-            // `commits`, so a push of a losing attempt cannot slip in after.
-            for (part, count) in parts.iter().zip(counts) {
-                lock(&part.index).commit(map, attempt, count);
+            for (partition, part) in rlock(parts).iter() {
+                lock(&part.index).commit(map, attempt, manifest.count(*partition));
                 part.notify.notify_waiters();
             }
         }
         drop(commits);
         if sealed && persisted {
             // Nothing is appended after the seal: give the handles back.
-            self.close_files(files);
+            self.close_files(disks);
         }
         Ok(CommitOutcome {
             sealed,
@@ -338,64 +430,48 @@ impl ShuffleState {
 
     /// Makes the seal durable: flushes every partition file holding data and
     /// the shuffle's folders (and their parents) when the policy says so,
-    /// then writes the meta atomically. Called with `commits` held, every
-    /// map committed.
-    fn persist_seal(&self, commits: &Commits) -> Result<(), ServerError> {
-        let fsync = self.placement.fsync_on_seal;
+    /// then writes the meta atomically into every folder of the shuffle.
+    /// Called with `commits` held, every map committed.
+    fn persist_seal(&self, commits: &Commits, disks: &Disks) -> Result<(), ServerError> {
+        let fsync = self.fsync_on_seal;
         // The committed blocks of each partition in (map, seq) order:
         // walking maps in order and appending keeps every list sorted.
-        let mut wanted: Vec<Vec<(MapId, AttemptId, u32)>> = vec![Vec::new(); self.partitions.len()];
+        let mut wanted: BTreeMap<PartitionId, Vec<(MapId, AttemptId, u32)>> = BTreeMap::new();
         let mut committed = Vec::with_capacity(commits.by_map.len());
-        for (m, c) in commits.by_map.iter().enumerate() {
-            // Unreachable while `count` counts the filled slots; refusing
-            // beats writing a meta that names fewer maps than the spec.
-            let Some(c) = c else {
-                return Err(ServerError::NotSealed {
-                    app: self.app.clone(),
-                    shuffle: self.id,
-                    committed: commits.count,
-                    num_maps: self.spec.num_maps(),
-                });
-            };
+        for (m, c) in &commits.by_map {
+            if m.0 as usize != committed.len() {
+                // Unreachable while the count is the spec's; refusing beats
+                // writing a meta that names fewer maps than the spec.
+                return Err(self.not_sealed(commits));
+            }
             for &(partition, count) in c.manifest.entries() {
-                let list = &mut wanted[partition.index()];
-                list.extend((0..count).map(|seq| (MapId(m as u32), c.attempt, seq)));
+                let list = wanted.entry(partition).or_default();
+                list.extend((0..count).map(|seq| (*m, c.attempt, seq)));
             }
             committed.push((c.attempt, c.manifest.clone()));
         }
-        let mut partitions = Vec::with_capacity(wanted.len());
-        for (part, keys) in self.partitions.iter().zip(wanted) {
-            let part = lock(part);
-            let blocks = keys
-                .into_iter()
-                .map(|(map, attempt, seq)| {
-                    let entry = part
-                        .lookup(map, attempt, seq)
-                        .ok_or_else(|| ServerError::CorruptFile {
-                            path: part.path().to_path_buf(),
-                            reason: format!("index lost {map} {attempt} seq {seq}"),
-                        })?;
-                    Ok(PlannedBlock {
-                        map,
-                        attempt,
-                        seq,
-                        entry,
-                    })
-                })
-                .collect::<Result<Vec<_>, ServerError>>()?;
+        let mut partitions = vec![Vec::new(); self.spec.num_partitions() as usize];
+        for (partition, keys) in wanted {
+            let file = self
+                .file(partition)
+                .ok_or_else(|| index_lost(PathBuf::from("-"), partition, None))?;
+            let file = lock(&file);
+            let mut blocks = Vec::with_capacity(keys.len());
+            for (map, attempt, seq) in keys {
+                let entry = file
+                    .lookup(map, attempt, seq)
+                    .ok_or_else(|| index_lost(file.describe(), partition, Some((map, attempt, seq))))?;
+                blocks.push(PlannedBlock {
+                    map,
+                    attempt,
+                    seq,
+                    entry,
+                });
+            }
             if fsync {
-                part.sync()?;
+                file.sync(disks)?;
             }
-            partitions.push(blocks);
-        }
-        if fsync {
-            // The shuffle folders hold the partition files' entries; their
-            // parents hold the folders' own entries (created at register).
-            for dir in &self.placement.dirs {
-                for d in dir.ancestors().take(3) {
-                    persist::sync_dir(d)?;
-                }
-            }
+            partitions[partition.index()] = blocks;
         }
         let meta = SealedMeta {
             app: self.app.clone(),
@@ -406,20 +482,61 @@ impl ShuffleState {
         };
         let mut bytes = Vec::new();
         meta::encode(&meta, &mut bytes)?;
-        persist::write_meta(&self.placement.dirs[0], &bytes, fsync)
+        let mut folders = self.dirs_with_files();
+        if folders.is_empty() {
+            // Nothing was written anywhere: the meta alone says the shuffle
+            // is sealed (and empty).
+            let preferred = disks.layout.preferred_dir(&self.app, self.id, PartitionId(0));
+            folders.insert(disks.candidates(preferred).next().unwrap_or(preferred));
+        }
+        let mut written: Vec<PathBuf> = Vec::new();
+        for dir in folders {
+            let folder = disks.layout.shuffle_dir(dir, &self.app, self.id);
+            let result = std::fs::create_dir_all(&folder)
+                .map_err(|e| disks.failed(dir, "create shuffle dir", &folder, e))
+                .and_then(|()| {
+                    if fsync {
+                        // The folder holds the files' entries; its parents
+                        // hold the folders' own entries.
+                        for d in folder.ancestors().take(3) {
+                            persist::sync_dir(d).map_err(|e| disks.failed(dir, "fsync dir", d, e))?;
+                        }
+                    }
+                    persist::write_meta(&folder, &bytes, fsync)
+                        .map_err(|(op, path, e)| disks.failed(dir, op, &path, e))
+                });
+            if let Err(e) = result {
+                for folder in &written {
+                    persist::remove_meta(folder);
+                }
+                return Err(e);
+            }
+            written.push(folder);
+        }
+        Ok(())
+    }
+
+    fn not_sealed(&self, commits: &Commits) -> ServerError {
+        ServerError::NotSealed {
+            app: self.app.clone(),
+            shuffle: self.id,
+            committed: commits.count(),
+            num_maps: self.spec.num_maps(),
+        }
     }
 
     pub(crate) fn committed_maps(&self) -> u32 {
-        lock(&self.commits).count
+        lock(&self.commits).count()
     }
 
     /// The blocks a blocking reader of `partition` gets for `maps`, in
-    /// (map, seq) order, and the file holding them.
+    /// (map, seq) order, and the file holding them (`None` when the
+    /// partition holds nothing).
     pub(crate) fn plan_read(
         &self,
         partition: PartitionId,
         maps: MapRange,
-    ) -> Result<(PathBuf, Vec<PlannedBlock>), ServerError> {
+    ) -> Result<(Option<PathBuf>, Vec<PlannedBlock>), ServerError> {
         self.check_partition(partition)?;
         if maps.end().0 > self.spec.num_maps() {
             return Err(ServerError::MapOutOfRange {
@@ -429,64 +546,88 @@ impl ShuffleState {
         }
         let commits = lock(&self.commits);
         if !self.is_sealed() {
-            return Err(ServerError::NotSealed {
-                app: self.app.clone(),
-                shuffle: self.id,
-                committed: commits.count,
-                num_maps: self.spec.num_maps(),
-            });
+            return Err(self.not_sealed(&commits));
         }
-        let part = lock(&self.partitions[partition.index()]);
+        let file = self.file(partition);
+        let file = file.as_ref().map(|f| lock(f));
         let mut plan = Vec::new();
-        for map in maps.iter() {
-            let Some(c) = &commits.by_map[map.index()] else {
-                continue; // unreachable once sealed; an empty map reads as nothing
-            };
+        for (map, c) in commits.by_map.range(maps.start()..maps.end()) {
             for seq in 0..c.manifest.count(partition) {
-                let entry = part
-                    .lookup(map, c.attempt, seq)
-                    .ok_or_else(|| ServerError::CorruptFile {
-                        path: part.path().to_path_buf(),
-                        reason: format!("index lost {map} {} seq {seq}", c.attempt),
+                let entry = file
+                    .as_ref()
+                    .and_then(|f| f.lookup(*map, c.attempt, seq))
+                    .ok_or_else(|| {
+                        let path = file.as_ref().map_or_else(|| PathBuf::from("-"), |f| f.describe());
+                        index_lost(path, partition, Some((*map, c.attempt, seq)))
                     })?;
                 plan.push(PlannedBlock {
-                    map,
+                    map: *map,
                     attempt: c.attempt,
                     seq,
                     entry,
                 });
             }
         }
-        Ok((part.path().to_path_buf(), plan))
+        let path = file.as_ref().and_then(|f| f.place().map(|p| p.path.clone()));
+        Ok((path, plan))
     }
 
     /// Bytes stored over all partitions (every attempt).
     pub(crate) fn stored_bytes(&self) -> u64 {
-        self.partitions.iter().map(|p| lock(p).len()).sum()
+        self.all_files().iter().map(|f| lock(f).len()).sum()
     }
 
-    /// Bytes stored in each partition's file, by partition.
-    pub(crate) fn partition_bytes(&self) -> impl Iterator<Item = (PartitionId, u64)> + '_ {
-        self.partitions
+    /// The data directories holding a file of this shuffle.
+    pub(crate) fn dirs_with_files(&self) -> BTreeSet<usize> {
+        self.all_files()
             .iter()
-            .enumerate()
-            .map(|(p, part)| (PartitionId(p as u32), lock(part).len()))
+            .filter_map(|f| lock(f).place().map(|p| p.dir))
+            .collect()
+    }
+
+    /// Bytes of this shuffle's files per data directory.
+    pub(crate) fn bytes_by_dir(&self) -> BTreeMap<usize, u64> {
+        let mut out = BTreeMap::new();
+        for f in self.all_files() {
+            let f = lock(&f);
+            if let Some(place) = f.place() {
+                *out.entry(place.dir).or_insert(0) += f.len();
+            }
+        }
+        out
     }
 
     /// Flushes every partition file that has an open append handle.
-    pub(crate) fn sync_open_files(&self) -> Result<(), ServerError> {
+    pub(crate) fn sync_open_files(&self, disks: &Disks) -> Result<(), ServerError> {
         let mut first_error = None;
-        for p in self.partitions.iter() {
-            if let Err(e) = lock(p).sync_open() {
+        for f in self.all_files() {
+            if let Err(e) = lock(&f).sync_open(disks) {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    pub(crate) fn close_files(&self, files: &FileBudget) {
-        for p in self.partitions.iter() {
-            lock(p).close(files);
+    pub(crate) fn close_files(&self, disks: &Disks) {
+        for f in self.all_files() {
+            lock(&f).close(disks);
         }
+    }
+}
+
+/// The index of a partition lacks a committed block (a bug or memory
+/// corruption: every commit checked its blocks were there). The one form of
+/// that error, wherever it is found.
+pub(crate) fn index_lost(
+    path: PathBuf,
+    partition: PartitionId,
+    block: Option<(MapId, AttemptId, u32)>,
+) -> ServerError {
+    ServerError::CorruptFile {
+        path,
+        reason: match block {
+            Some((map, attempt, seq)) => format!("index lost {map} {attempt} seq {seq} of {partition}"),
+            None => format!("index of {partition} lost"),
+        },
     }
 }

@@ -145,28 +145,33 @@ struct MapCursor {
     done: bool,
 }
 
-/// One reader's position: per map in its range, the attempt it is bound to
-/// and the next seq.
+/// One reader's position: per map in its range that it has seen, the
+/// attempt it is bound to and the next seq. Sparse: a reader of a range of a
+/// million maps costs only the maps that have data in its partition.
 #[derive(Debug)]
 pub(crate) struct Cursor {
-    start: u32,
-    maps: Vec<MapCursor>,
+    range: MapRange,
+    maps: BTreeMap<MapId, MapCursor>,
     /// Where the next scan starts (stays on a map while it has blocks).
-    rr: usize,
-    remaining: usize,
+    rr: MapId,
+    /// Maps of the range committed and wholly delivered.
+    done: u32,
     delivered: u64,
 }
 
 impl Cursor {
-    pub(crate) fn new(maps: MapRange) -> Self {
-        let n = (maps.end().0 - maps.start().0) as usize;
+    pub(crate) fn new(range: MapRange) -> Self {
         Cursor {
-            start: maps.start().0,
-            maps: vec![MapCursor::default(); n],
-            rr: 0,
-            remaining: n,
+            range,
+            maps: BTreeMap::new(),
+            rr: range.start(),
+            done: 0,
             delivered: 0,
         }
+    }
+
+    fn len(&self) -> u32 {
+        self.range.end().0 - self.range.start().0
     }
 
     /// Blocks delivered so far.
@@ -281,84 +286,99 @@ impl StreamIndex {
         }
     }
 
-    /// The next step of the reader at `cursor`.
+    /// The next step of the reader at `cursor`: scans the maps that have
+    /// an entry, from where the last block came (round robin, staying on a
+    /// map while it has blocks), for one whose next block is here.
     pub(crate) fn next(&mut self, partition: PartitionId, cursor: &mut Cursor) -> Result<Step, ServerError> {
-        let n = cursor.maps.len();
-        for k in 0..n {
-            let i = (cursor.rr + k) % n;
-            let c = &mut cursor.maps[i];
-            if c.done {
-                continue;
+        let (start, end, rr) = (cursor.range.start(), cursor.range.end(), cursor.rr);
+        for (map, m) in self.maps.range_mut(rr..end) {
+            if let Some(step) = visit(partition, *map, m, cursor)? {
+                return Ok(step);
             }
-            let map = MapId(cursor.start + i as u32);
-            let Some(m) = self.maps.get_mut(&map) else {
-                continue; // nothing arrived, nothing committed
-            };
-            let attempt = match (m.committed, c.bound) {
-                (Some((committed, _)), Some(bound)) if committed != bound => {
-                    return Err(ServerError::AttemptFailed { map, attempt: bound });
-                }
-                (Some((committed, count)), _) => {
-                    if c.next >= count {
-                        c.done = true;
-                        cursor.remaining -= 1;
-                        continue;
-                    }
-                    committed
-                }
-                (None, Some(bound)) => bound,
-                (None, None) => {
-                    let mut first = None;
-                    for (attempt, slots) in &m.attempts {
-                        match slots.get(&0) {
-                            Some(Slot::Consumed) => return Err(ServerError::DataGone { partition, map }),
-                            Some(_) if first.is_none() => first = Some(*attempt),
-                            _ => {}
-                        }
-                    }
-                    match first {
-                        Some(a) => a,
-                        None => continue,
-                    }
-                }
-            };
-            let Some(slot) = m.attempts.get_mut(&attempt).and_then(|s| s.get_mut(&c.next)) else {
-                continue; // not arrived yet
-            };
-            let source = match std::mem::replace(slot, Slot::Consumed) {
-                Slot::Consumed => return Err(ServerError::DataGone { partition, map }),
-                Slot::Disk => {
-                    *slot = Slot::Disk;
-                    Source::Disk
-                }
-                Slot::Memory(held) => {
-                    // A hybrid-full copy falls back to its disk copy for
-                    // later readers; a memory-only block is gone.
-                    if held.on_disk {
-                        *slot = Slot::Disk;
-                    }
-                    let (block, credit) = (*held).take();
-                    Source::Memory(block, credit)
-                }
-            };
-            let seq = c.next;
-            c.bound = Some(attempt);
-            c.next += 1;
-            cursor.rr = i;
-            cursor.delivered += 1;
-            return Ok(Step::Deliver {
-                map,
-                attempt,
-                seq,
-                source,
-            });
         }
-        if cursor.remaining == 0 {
+        for (map, m) in self.maps.range_mut(start..rr) {
+            if let Some(step) = visit(partition, *map, m, cursor)? {
+                return Ok(step);
+            }
+        }
+        if cursor.done == cursor.len() {
             Ok(Step::End)
         } else {
             Ok(Step::Wait)
         }
     }
+}
+
+/// One map's turn in [`StreamIndex::next`]: the block to deliver, if its
+/// next one is here.
+fn visit(
+    partition: PartitionId,
+    map: MapId,
+    m: &mut MapStream,
+    cursor: &mut Cursor,
+) -> Result<Option<Step>, ServerError> {
+    let c = cursor.maps.entry(map).or_default();
+    if c.done {
+        return Ok(None);
+    }
+    let attempt = match (m.committed, c.bound) {
+        (Some((committed, _)), Some(bound)) if committed != bound => {
+            return Err(ServerError::AttemptFailed { map, attempt: bound });
+        }
+        (Some((committed, count)), _) => {
+            if c.next >= count {
+                c.done = true;
+                cursor.done += 1;
+                return Ok(None);
+            }
+            committed
+        }
+        (None, Some(bound)) => bound,
+        (None, None) => {
+            let mut first = None;
+            for (attempt, slots) in &m.attempts {
+                match slots.get(&0) {
+                    Some(Slot::Consumed) => return Err(ServerError::DataGone { partition, map }),
+                    Some(_) if first.is_none() => first = Some(*attempt),
+                    _ => {}
+                }
+            }
+            match first {
+                Some(a) => a,
+                None => return Ok(None),
+            }
+        }
+    };
+    let Some(slot) = m.attempts.get_mut(&attempt).and_then(|s| s.get_mut(&c.next)) else {
+        return Ok(None); // not arrived yet
+    };
+    let source = match std::mem::replace(slot, Slot::Consumed) {
+        Slot::Consumed => return Err(ServerError::DataGone { partition, map }),
+        Slot::Disk => {
+            *slot = Slot::Disk;
+            Source::Disk
+        }
+        Slot::Memory(held) => {
+            // A hybrid-full copy falls back to its disk copy for later
+            // readers; a memory-only block is gone.
+            if held.on_disk {
+                *slot = Slot::Disk;
+            }
+            let (block, credit) = (*held).take();
+            Source::Memory(block, credit)
+        }
+    };
+    let seq = c.next;
+    c.bound = Some(attempt);
+    c.next += 1;
+    cursor.rr = map;
+    cursor.delivered += 1;
+    Ok(Some(Step::Deliver {
+        map,
+        attempt,
+        seq,
+        source,
+    }))
 }
 
 #[cfg(test)]

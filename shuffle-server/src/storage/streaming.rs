@@ -22,6 +22,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -31,9 +32,9 @@ use bytes::Bytes;
 use protocol::{AttemptId, Block, BlockId, MapId, MapRange, PartitionId, ShuffleMode, SpillStrategy};
 use tokio::sync::Notify;
 
-use super::partition::FileBudget;
+use super::disks::Disks;
 use super::reader::verify_block;
-use super::shuffle::{lock, ShuffleState};
+use super::shuffle::{index_lost, lock, ShuffleState};
 use super::stream::{Cursor, Held, MemoryGauge, Slot, Source, Step, StreamIndex};
 use super::Counters;
 use crate::budget::{Credit, MemoryBudget};
@@ -88,13 +89,8 @@ impl ShuffleState {
         blocks: Vec<Block>,
         mut credit: Option<Credit>,
         env: &StreamEnv,
-        files: &FileBudget,
+        disks: &Disks,
     ) -> Result<Vec<(bool, u64)>, ServerError> {
-        let Some(parts) = &self.stream else {
-            return Err(ServerError::UnsupportedMode {
-                mode: self.spec.mode(),
-            });
-        };
         let mode = self.spec.mode();
         if mode == ShuffleMode::Pipelined {
             // Every block kept must be paid for before any is stored, so a
@@ -118,7 +114,7 @@ impl ShuffleState {
         for block in blocks {
             let id = block.id();
             let len = block.encoded_len() as u64;
-            let part = &parts[id.partition.index()];
+            let part = self.stream_part(id.partition)?;
             let mut index = lock(&part.index);
             self.check_stream_push(&index, id.map, id.attempt)?;
             if index.contains(id.map, id.attempt, id.seq) {
@@ -129,7 +125,7 @@ impl ShuffleState {
             let copy = env.copy_credit(len);
             let slot = match (full, copy) {
                 (true, copy) => {
-                    lock(&self.partitions[id.partition.index()]).append(&block, files)?;
+                    self.append(&block, disks)?;
                     env.spilled(mode, len);
                     out.push((true, len));
                     match copy {
@@ -154,7 +150,7 @@ impl ShuffleState {
                     )))
                 }
                 (false, None) => {
-                    lock(&self.partitions[id.partition.index()]).append(&block, files)?;
+                    self.append(&block, disks)?;
                     env.spilled(mode, len);
                     out.push((true, len));
                     Slot::Disk
@@ -173,15 +169,10 @@ impl ShuffleState {
         mut credit: Option<Credit>,
         env: &StreamEnv,
     ) -> Result<Vec<(bool, u64)>, ServerError> {
-        let Some(parts) = &self.stream else {
-            return Err(ServerError::UnsupportedMode {
-                mode: self.spec.mode(),
-            });
-        };
         let mut out = Vec::with_capacity(blocks.len());
         for block in blocks {
             let id = block.id();
-            let part = &parts[id.partition.index()];
+            let part = self.stream_part(id.partition)?;
             let mut index = lock(&part.index);
             self.check_stream_push(&index, id.map, id.attempt)?;
             if index.contains(id.map, id.attempt, id.seq) {
@@ -228,21 +219,15 @@ impl ShuffleState {
 
     /// Spills selective blocks and drops full copies older than
     /// `spill_after`; returns the bytes written.
-    pub(crate) fn sweep(
-        &self,
-        now: Instant,
-        env: &StreamEnv,
-        files: &FileBudget,
-    ) -> Result<u64, ServerError> {
-        let Some(parts) = &self.stream else { return Ok(0) };
-        if self.spec.mode() == ShuffleMode::Pipelined || self.is_removed() {
+    pub(crate) fn sweep(&self, now: Instant, env: &StreamEnv, disks: &Disks) -> Result<u64, ServerError> {
+        if !self.streams() || self.spec.mode() == ShuffleMode::Pipelined || self.is_removed() {
             return Ok(0);
         }
         let Some(cutoff) = now.checked_sub(env.spill_after) else {
             return Ok(0);
         };
         let mut written = 0;
-        for (p, part) in parts.iter().enumerate() {
+        for part in self.stream_parts() {
             let mut index = lock(&part.index);
             let expired = index.expired(cutoff);
             if expired.is_empty() {
@@ -254,7 +239,7 @@ impl ShuffleState {
                         continue;
                     };
                     let len = block.encoded_len() as u64;
-                    lock(&self.partitions[p]).append(block, files)?;
+                    self.append(block, disks)?;
                     env.spilled(self.spec.mode(), len);
                     written += len;
                 }
@@ -282,6 +267,7 @@ pub struct StreamBlock {
 #[derive(Debug)]
 pub struct StreamReader {
     state: Arc<ShuffleState>,
+    part: Arc<StreamPart>,
     partition: PartitionId,
     cursor: Cursor,
     file: Option<File>,
@@ -299,6 +285,7 @@ impl StreamReader {
         lock(&part.index).check_open(partition, maps)?;
         Ok(StreamReader {
             cursor: Cursor::new(maps),
+            part,
             state,
             partition,
             file: None,
@@ -314,7 +301,7 @@ impl StreamReader {
     /// The next block if one is deliverable now; `Ready(None)` at the end.
     pub fn try_next(&mut self) -> Result<Poll<Option<StreamBlock>>, ServerError> {
         let state = self.state.clone();
-        let part = state.stream_part(self.partition)?;
+        let part = self.part.clone();
         let step = {
             let mut index = lock(&part.index);
             if state.is_removed() {
@@ -350,8 +337,7 @@ impl StreamReader {
     /// The next block, waiting for producers as long as needed; `None` at
     /// the end. Cancel-safe: it only waits between steps.
     pub async fn next_block(&mut self) -> Result<Option<StreamBlock>, ServerError> {
-        let state = self.state.clone();
-        let part = state.stream_part(self.partition)?;
+        let part = self.part.clone();
         loop {
             let notified = part.notify.notified();
             tokio::pin!(notified);
@@ -365,15 +351,20 @@ impl StreamReader {
     }
 
     fn read_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) -> Result<Block, ServerError> {
+        let file = self
+            .state
+            .file(self.partition)
+            .ok_or_else(|| index_lost(PathBuf::from("-"), self.partition, Some((map, attempt, seq))))?;
         let (path, entry) = {
-            let file = lock(&self.state.partitions[self.partition.index()]);
-            let entry = file
-                .lookup(map, attempt, seq)
-                .ok_or_else(|| ServerError::CorruptFile {
-                    path: file.path().to_path_buf(),
-                    reason: format!("index lost {map} {attempt} seq {seq}"),
-                })?;
-            (file.path().to_path_buf(), entry)
+            let file = lock(&file);
+            let found = file.lookup(map, attempt, seq).zip(file.place());
+            let Some((entry, place)) = found else {
+                return Err(ServerError::CorruptFile {
+                    path: file.describe(),
+                    reason: format!("index lost {map} {attempt} seq {seq} of {}", self.partition),
+                });
+            };
+            (place.path.clone(), entry)
         };
         if self.file.is_none() {
             self.file = Some(File::open(&path).map_err(ServerError::io("open", &path))?);
@@ -404,17 +395,5 @@ impl StreamReader {
             seq,
         };
         verify_block(Bytes::from(buf), expected, entry, &path, &self.counters)
-    }
-}
-
-impl ShuffleState {
-    pub(crate) fn stream_part(&self, partition: PartitionId) -> Result<&StreamPart, ServerError> {
-        self.check_partition(partition)?;
-        self.stream
-            .as_ref()
-            .and_then(|s| s.get(partition.index()))
-            .ok_or(ServerError::UnsupportedMode {
-                mode: self.spec.mode(),
-            })
     }
 }

@@ -2,6 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use protocol::{records, BlockId, ShuffleMode};
 
+mod failed_appends;
 mod recovery;
 mod streaming;
 
@@ -36,6 +37,22 @@ fn block(map: u32, attempt: u32, partition: u32, seq: u32) -> Block {
         seq,
     };
     Block::seal(id, raw, 1, seq % 2 == 0).expect("seal")
+}
+
+/// The shuffle's folders that exist, over every data dir.
+fn folders(store: &Store, shuffle: ShuffleId) -> Vec<PathBuf> {
+    (0..store.disks.len())
+        .map(|d| store.disks.layout.shuffle_dir(d, &app(), shuffle))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Where a partition's file was placed.
+fn partition_path(store: &Store, shuffle: ShuffleId, partition: u32) -> PathBuf {
+    let state = store.shuffle(&app(), shuffle).expect("registered");
+    let file = state.file(PartitionId(partition)).expect("written");
+    let path = shuffle::lock(&file).place().expect("placed").path.clone();
+    path
 }
 
 fn manifest(counts: &[u32]) -> CommitManifest {
@@ -286,7 +303,7 @@ fn sealed_single_partition(store: &Store) -> PathBuf {
     store
         .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&[2]))
         .expect("commit");
-    store.layout.partition_file(&app(), SHUFFLE, PartitionId(0))
+    partition_path(store, SHUFFLE, 0)
 }
 
 #[test]

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,7 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
 /// Test defaults: no fsync, fast housekeeping.
 pub fn test_config(dirs: Vec<PathBuf>) -> ServerConfig {
     let mut config = ServerConfig::new(dirs);
+    config.create_data_dirs = true;
     config.fsync_on_seal = false;
     config.check_interval = Duration::from_millis(50);
     config
@@ -261,6 +264,22 @@ impl DataConn {
     /// Connects without saying hello.
     pub async fn open(addr: SocketAddr) -> Result<Self> {
         let stream = within(IO_TIMEOUT, "connect", TcpStream::connect(addr)).await??;
+        Self::from_stream(stream)
+    }
+
+    /// Connects from `local` (another loopback address, such as
+    /// 127.0.0.2, so that per-peer limits see another host) and says hello.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = within(IO_TIMEOUT, "connect", socket.connect(addr)).await??;
+        let mut conn = Self::from_stream(stream)?;
+        conn.hello().await?;
+        Ok(conn)
+    }
+
+    /// A connection over an already connected stream (no hello yet).
+    pub fn from_stream(stream: TcpStream) -> Result<Self> {
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         let codec = FrameCodec::default();
@@ -277,6 +296,13 @@ impl DataConn {
     /// Connects and exchanges hellos; the server's names its gRPC port.
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
         let mut conn = Self::open(addr).await?;
+        conn.hello().await?;
+        Ok(conn)
+    }
+
+    /// Exchanges hellos.
+    pub async fn hello(&mut self) -> Result<()> {
+        let conn = self;
         conn.send(&Frame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             grpc_port: 0,
@@ -284,7 +310,7 @@ impl DataConn {
         }))
         .await?;
         match conn.reader.next().await? {
-            Frame::Hello(h) if h.protocol_version == PROTOCOL_VERSION && h.grpc_port != 0 => Ok(conn),
+            Frame::Hello(h) if h.protocol_version == PROTOCOL_VERSION && h.grpc_port != 0 => Ok(()),
             other => bail!("expected the server's hello, got {other:?}"),
         }
     }
