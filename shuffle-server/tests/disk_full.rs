@@ -161,6 +161,21 @@ async fn fill_and_check(server: &LocalServer, full_dir: &Path, dirs: usize) -> R
     ensure!(no_space >= 1.0, "no_space errors counted for {label}");
     let (code, body) = http_get(server.addrs.http, "/readyz").await?;
     ensure!(body.contains(&label) && body.contains("not accepting"), "{body}");
+    let mut control = shuffle_server::proto::shuffle_control_client::ShuffleControlClient::connect(format!(
+        "http://{}",
+        server.addrs.grpc
+    ))
+    .await?;
+    let status = control
+        .server_status(shuffle_server::proto::Empty {})
+        .await?
+        .into_inner();
+    let disk = status
+        .disks
+        .iter()
+        .find(|d| d.path == label)
+        .context("the full dir in the server status")?;
+    ensure!(!disk.accepting && !disk.reason.is_empty(), "{disk:?}");
     if dirs == 1 {
         ensure!(code == 503, "no directory can take data: {code} {body}");
     } else {

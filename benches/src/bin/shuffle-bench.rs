@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use benches::baseline::{self, Baselines};
+use benches::hostile::{self, Held, HostileReport};
 use benches::servers::Daemon;
 use benches::units::parse_size;
 use benches::workload::{self, PhaseResults, WorkloadSpec};
@@ -92,6 +93,23 @@ struct Cli {
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Run a hostile load beside the benchmark against the first started
+    /// server: idle connections (their cost is measured), connections
+    /// holding half-sent frames, and registrations up to the server's limits
+    /// (see --hostile-idle, --hostile-frames, --hostile-shuffles).
+    #[arg(long)]
+    hostile: bool,
+    /// With --hostile: idle connections to open.
+    #[arg(long, default_value_t = 2000)]
+    hostile_idle: usize,
+    /// With --hostile: connections holding a half-sent frame of the
+    /// server's largest size.
+    #[arg(long, default_value_t = 8)]
+    hostile_frames: usize,
+    /// With --hostile: shuffles of 10,000 x 50,000 to register (16 per
+    /// app), short of the default limits by room for the benchmark's own.
+    #[arg(long, default_value_t = 65_000)]
+    hostile_shuffles: usize,
 }
 
 #[derive(Serialize, Debug)]
@@ -144,6 +162,10 @@ struct Report {
     server_peak_rss_bytes: Option<u64>,
     /// Peak RSS of the largest server at the end of the push phase.
     server_peak_rss_after_push_bytes: Option<u64>,
+    /// The memory budget of started servers, in bytes.
+    memory_budget_bytes: u64,
+    /// The hostile load run beside the benchmark (--hostile).
+    hostile: Option<HostileReport>,
     baselines: Option<Baselines>,
     /// Throughput over each baseline.
     fraction_of_disk_write: Option<f64>,
@@ -192,7 +214,12 @@ fn main() -> Result<()> {
     );
     let inputs = Arc::new(workload::generate(&spec));
 
+    if cli.hostile && (cli.transport == TransportArg::Embedded || !cli.urls.is_empty()) {
+        bail!("--hostile needs servers this run starts (not --urls, not embedded)");
+    }
     let mut daemons = Vec::new();
+    let mut hostile = None;
+    let mut held = Held::default();
     let rss_after_map = std::cell::RefCell::new(None);
     let started = Instant::now();
     let results: PhaseResults = runtime.block_on(async {
@@ -235,6 +262,9 @@ fn main() -> Result<()> {
                 let client = RemoteShuffle::connect_str(&urls.join(","), options)
                     .await
                     .context("connecting to the servers")?;
+                if cli.hostile {
+                    hostile = Some(hostile_load(&cli, &daemons[0], &client, &mut held).await?);
+                }
                 let daemons = &daemons;
                 let after_map = || {
                     *rss_after_map.borrow_mut() = daemons.iter().filter_map(Daemon::peak_rss_bytes).max();
@@ -244,6 +274,7 @@ fn main() -> Result<()> {
         }
     })?;
     let total_seconds = started.elapsed().as_secs_f64();
+    drop(held);
     let server_peak_rss_bytes = daemons.iter().filter_map(Daemon::peak_rss_bytes).max();
     let servers = daemons.len();
     for d in daemons {
@@ -285,6 +316,8 @@ fn main() -> Result<()> {
         fetch_requests: results.fetch_latency.len(),
         server_peak_rss_bytes,
         server_peak_rss_after_push_bytes: rss_after_map.into_inner(),
+        memory_budget_bytes: parse_size(&cli.memory_budget).map_err(anyhow::Error::msg)?,
+        hostile,
         fraction_of_disk_write: fraction(baselines.map(|b| b.disk_write_bytes_per_sec)),
         fraction_of_disk_read: fraction(baselines.map(|b| b.disk_read_bytes_per_sec)),
         fraction_of_memcpy: fraction(baselines.map(|b| b.memcpy_bytes_per_sec)),
@@ -298,6 +331,36 @@ fn main() -> Result<()> {
     }
     drop(temp);
     Ok(())
+}
+
+/// The hostile load of --hostile, against `daemon`; the connections it
+/// opened stay in `held` for the benchmark's whole run.
+async fn hostile_load(
+    cli: &Cli,
+    daemon: &Daemon,
+    client: &RemoteShuffle,
+    held: &mut Held,
+) -> Result<HostileReport> {
+    eprintln!("hostile load: {} idle connections...", cli.hostile_idle);
+    let idle_connection_bytes = hostile::idle_connections(daemon, cli.hostile_idle, held).await?;
+    eprintln!("hostile load: {} half-sent frames...", cli.hostile_frames);
+    hostile::half_sent_frames(daemon, cli.hostile_frames, held).await?;
+    eprintln!(
+        "hostile load: registering up to {} shuffles of 10,000 x 50,000...",
+        cli.hostile_shuffles
+    );
+    let (registered_shuffles, registered_apps, registration_refusal, registration_seconds) =
+        hostile::registrations(client, 16, cli.hostile_shuffles).await?;
+    Ok(HostileReport {
+        idle_connections: cli.hostile_idle,
+        idle_connection_bytes,
+        half_sent_frames: cli.hostile_frames,
+        registered_shuffles,
+        registered_apps,
+        registration_refusal,
+        registration_seconds,
+        rss_after_registrations_bytes: daemon.rss_bytes().unwrap_or(0),
+    })
 }
 
 fn human(bytes: u64) -> String {
@@ -367,7 +430,24 @@ fn print_human(r: &Report) {
     );
     if let Some(rss) = r.server_peak_rss_bytes {
         let push = r.server_peak_rss_after_push_bytes.map_or("-".into(), human);
-        println!("  server peak RSS {} (during the push phase: {push})", human(rss));
+        println!(
+            "  server peak RSS {} (during the push phase: {push}); memory budget {}",
+            human(rss),
+            human(r.memory_budget_bytes)
+        );
+    }
+    if let Some(h) = &r.hostile {
+        println!(
+            "  hostile load: {} idle connections at {:.1} KiB each; {} half-sent frames held; {} shuffles of 10,000 x 50,000 registered over {} apps in {:.1}s ({}); server RSS after them {}",
+            h.idle_connections,
+            h.idle_connection_bytes / 1024.0,
+            h.half_sent_frames,
+            h.registered_shuffles,
+            h.registered_apps,
+            h.registration_seconds,
+            h.registration_refusal.as_deref().unwrap_or("no refusal"),
+            human(h.rss_after_registrations_bytes)
+        );
     }
     if let Some(b) = &r.baselines {
         let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
