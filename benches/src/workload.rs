@@ -459,7 +459,7 @@ async fn read_all<R: ShuffleReader>(mut reader: R) -> Result<ReduceOutput> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shuffle_client::embedded::{MemoryBudget, StoreConfig};
+    use shuffle_client::embedded::EmbeddedOptions;
     use shuffle_client::EmbeddedShuffle;
 
     fn spec(mode: ShuffleMode) -> WorkloadSpec {
@@ -484,9 +484,9 @@ mod tests {
     async fn every_mode_completes_within_a_small_budget() {
         for mode in ShuffleMode::ALL {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut config = StoreConfig::new(vec![dir.path().to_path_buf()]);
-            config.memory_budget = MemoryBudget::unmetered(1 << 20);
-            let client = Arc::new(EmbeddedShuffle::with_config(config).expect("store"));
+            let mut options = EmbeddedOptions::new(vec![dir.path().to_path_buf()]);
+            options.memory_budget = 1 << 20;
+            let client = Arc::new(EmbeddedShuffle::with_options(options).expect("store"));
             let spec = spec(mode);
             let inputs = Arc::new(generate(&spec));
             let mut after_map = false;

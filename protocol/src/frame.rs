@@ -117,6 +117,19 @@ const TAG_FETCH_END: u8 = 0x06;
 const TAG_ERROR: u8 = 0x07;
 
 impl Frame {
+    /// A short name of the frame's type, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::PushBlocks(_) => "push",
+            Frame::PushAck(_) => "push ack",
+            Frame::Fetch(_) => "fetch",
+            Frame::FetchBlocks(_) => "fetch blocks",
+            Frame::FetchEnd(_) => "fetch end",
+            Frame::Error(_) => "error",
+        }
+    }
+
     fn tag(&self) -> u8 {
         match self {
             Frame::Hello(_) => TAG_HELLO,

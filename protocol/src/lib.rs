@@ -9,6 +9,8 @@
 //! * [`block`]: the block format (header + compressed, checksummed payload).
 //! * [`frame`]: the data-plane frame codec shared by every transport.
 //! * [`ServiceError`]: errors as they cross the wire (frames and gRPC).
+//! * `net` (feature `net`): what both ends of the network share: the
+//!   control-plane gRPC types, the QUIC ALPN id, vectored frame writing.
 //!
 //! The byte layouts are documented in `protocol/FORMAT.md`.
 
@@ -18,6 +20,8 @@ pub mod frame;
 mod hash;
 pub mod ids;
 pub mod mode;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod records;
 mod service_error;
 pub mod units;
@@ -28,4 +32,4 @@ pub use error::ProtocolError;
 pub use hash::fnv1a64;
 pub use ids::{AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId};
 pub use mode::{CommitManifest, ShuffleMode, ShuffleSpec, SpillStrategy};
-pub use service_error::ServiceError;
+pub use service_error::{ChecksumSite, ServiceError, StatusClass};

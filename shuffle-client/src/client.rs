@@ -157,6 +157,7 @@ impl RecordBatch {
     }
 
     /// Decompresses a block whose CRC was verified since it was read.
+    #[cfg(feature = "embedded")]
     pub(crate) fn from_verified_block(block: &Block) -> Result<Self, ClientError> {
         Ok(RecordBatch {
             block: block.id(),

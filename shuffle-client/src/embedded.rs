@@ -14,14 +14,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::ShuffleMode;
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
-/// The store's settings and its memory budget, for [`EmbeddedShuffle::with_config`].
-pub use shuffle_server::storage::{MemoryBudget, StoreConfig};
-use shuffle_server::storage::{ShuffleRead, Store, StoreStats};
+use shuffle_server::storage::{MemoryBudget, ShuffleRead, Store, StoreConfig};
 
 use crate::batching::Batcher;
 use crate::client::Placement;
@@ -30,6 +29,56 @@ use crate::{
     ShuffleStatus, ShuffleWriter, WriteStats, WriterOptions,
 };
 
+/// Settings of an [`EmbeddedShuffle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Where partition files go (created if missing).
+    pub data_dirs: Vec<PathBuf>,
+    /// Bytes of streaming (pipelined, hybrid) blocks held in memory at
+    /// most; beyond it pipelined writers wait. Default 256 MiB.
+    pub memory_budget: u64,
+    /// Hybrid-selective: a block not read within this time is spilled to
+    /// disk. Default 1 s.
+    pub spill_after: Duration,
+    /// fsync at seal. Default true.
+    pub fsync_on_seal: bool,
+    /// A data directory with less free space than this takes no new
+    /// partition. Default 1 GiB.
+    pub disk_reserve: u64,
+}
+
+impl EmbeddedOptions {
+    /// Defaults with the given data directories.
+    pub fn new(data_dirs: Vec<PathBuf>) -> Self {
+        let store = StoreConfig::new(data_dirs);
+        EmbeddedOptions {
+            memory_budget: store.memory_budget.limit(),
+            spill_after: store.spill_after,
+            fsync_on_seal: store.fsync_on_seal,
+            disk_reserve: store.disk_reserve,
+            data_dirs: store.data_dirs,
+        }
+    }
+}
+
+/// What an [`EmbeddedShuffle`] counted since it opened.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct EmbeddedStats {
+    /// New blocks accepted (in memory or on disk), and their bytes.
+    pub blocks_stored: u64,
+    pub bytes_stored: u64,
+    /// Duplicate blocks dropped.
+    pub duplicates_dropped: u64,
+    /// Blocks that failed their CRC32C.
+    pub checksum_mismatches: u64,
+    /// Bytes of streaming blocks held in memory now, and the most ever
+    /// (never above [`EmbeddedShuffle::memory_limit`]).
+    pub memory_bytes: u64,
+    pub peak_memory_bytes: u64,
+    /// Bytes hybrid shuffles wrote to disk.
+    pub spilled_bytes: u64,
+}
+
 /// The in-process shuffle service. Clone it freely: clones share one store.
 #[derive(Clone, Debug)]
 pub struct EmbeddedShuffle {
@@ -37,14 +86,19 @@ pub struct EmbeddedShuffle {
 }
 
 impl EmbeddedShuffle {
-    /// Opens a store over `data_dirs` (created if missing).
+    /// Opens a store over `data_dirs` (created if missing), with defaults.
     pub fn open(data_dirs: Vec<PathBuf>) -> Result<Self, ClientError> {
-        Self::with_config(StoreConfig::new(data_dirs))
+        Self::with_options(EmbeddedOptions::new(data_dirs))
     }
 
-    /// Opens a store with explicit settings (memory budget, `spill_after`
-    /// of hybrid-selective shuffles...). Starts the store's spill sweep.
-    pub fn with_config(config: StoreConfig) -> Result<Self, ClientError> {
+    /// Opens a store with explicit settings. Starts the store's maintenance
+    /// (spill sweep, disk probes).
+    pub fn with_options(options: EmbeddedOptions) -> Result<Self, ClientError> {
+        let mut config = StoreConfig::new(options.data_dirs);
+        config.memory_budget = MemoryBudget::unmetered(options.memory_budget);
+        config.spill_after = options.spill_after;
+        config.fsync_on_seal = options.fsync_on_seal;
+        config.disk_reserve = options.disk_reserve;
         let store = Arc::new(Store::open(config)?);
         store.start_maintenance();
         Ok(EmbeddedShuffle { store })
@@ -55,12 +109,18 @@ impl EmbeddedShuffle {
         self.store.data_dirs().to_vec()
     }
 
-    /// The store's counters (blocks and bytes stored, duplicates dropped,
-    /// checksum mismatches) and the memory streaming blocks hold
-    /// ([`StoreStats::memory_bytes`], [`StoreStats::peak_memory_bytes`],
-    /// never above the budget's limit, [`EmbeddedShuffle::memory_limit`]).
-    pub fn stats(&self) -> StoreStats {
-        self.store.stats()
+    /// The store's counters and the memory streaming blocks hold.
+    pub fn stats(&self) -> EmbeddedStats {
+        let s = self.store.stats();
+        EmbeddedStats {
+            blocks_stored: s.blocks_stored,
+            bytes_stored: s.bytes_stored,
+            duplicates_dropped: s.duplicates_dropped,
+            checksum_mismatches: s.checksum_mismatches,
+            memory_bytes: s.memory_bytes,
+            peak_memory_bytes: s.peak_memory_bytes,
+            spilled_bytes: s.spilled_bytes,
+        }
     }
 
     /// The store's memory budget, in bytes.

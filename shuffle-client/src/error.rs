@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
 use protocol::{
-    AppId, AttemptId, BlockId, MapId, PartitionId, ProtocolError, ServiceError, ShuffleId, ShuffleMode,
-    ShuffleSpec,
+    AppId, AttemptId, BlockId, ChecksumSite, MapId, PartitionId, ProtocolError, ServiceError, ShuffleId,
+    ShuffleMode, ShuffleSpec,
 };
-use shuffle_server::{ChecksumSite, ServerError};
+#[cfg(feature = "embedded")]
+use shuffle_server::ServerError;
 
 /// Every error a [`crate::ShuffleClient`] returns.
 ///
@@ -42,9 +43,10 @@ pub enum ClientError {
         shuffle: ShuffleId,
         existing: ShuffleSpec,
     },
-    /// The implementation does not serve this mode yet. Not retryable. No
-    /// data lost.
-    #[error("shuffle mode {mode} is not supported by this implementation yet")]
+    /// An internal invariant of the service broke: it was asked to stream
+    /// a shuffle it keeps no stream state for (every mode is served). Not
+    /// retryable. No data lost.
+    #[error("shuffle mode {mode} cannot be served this way (an internal invariant)")]
     UnsupportedMode { mode: ShuffleMode },
     /// A blocking read before every map committed. Retryable once the
     /// remaining maps commit. No data lost.
@@ -212,16 +214,12 @@ impl ClientError {
                 block,
                 expected,
                 actual,
-                stored,
+                site,
             } => ClientError::ChecksumMismatch {
                 block,
                 expected,
                 actual,
-                site: if stored {
-                    ChecksumSite::Stored
-                } else {
-                    ChecksumSite::Received
-                },
+                site,
             },
             ServiceError::CommitConflict {
                 map,
@@ -313,9 +311,11 @@ impl From<ProtocolError> for ClientError {
     }
 }
 
+#[cfg(feature = "embedded")]
 impl From<ServerError> for ClientError {
     fn from(e: ServerError) -> Self {
         match e {
+            ServerError::Service(e) => ClientError::from_service(e, "embedded"),
             ServerError::Io { op, path, error } => ClientError::Io { op, path, error },
             ServerError::CorruptFile { path, reason } => ClientError::Corrupt {
                 location: path.display().to_string(),
@@ -323,6 +323,22 @@ impl From<ServerError> for ClientError {
             },
             ServerError::Protocol(p) => p.into(),
             other => ClientError::from_service(other.to_service_error(), "embedded"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's flags of an error that came over the wire are the
+    /// error table's, for every kind.
+    #[test]
+    fn wire_errors_keep_the_tables_retry_and_loss_flags() {
+        for e in ServiceError::examples() {
+            let c = ClientError::from_service(e.clone(), "s");
+            assert_eq!(c.is_retryable(), e.is_retryable(), "{e:?}: retryable");
+            assert_eq!(c.loses_data(), e.loses_data(), "{e:?}: loses data");
         }
     }
 }

@@ -9,16 +9,19 @@
 //! * blocks: [`ShuffleClient::push_blocks`] and [`ShuffleClient::commit_map`]
 //!   for engines that build blocks themselves.
 //!
-//! Implementations: [`EmbeddedShuffle`] (in process, over the server's
+//! Implementations: `EmbeddedShuffle` (feature `embedded`, on by default:
+//! in process, over the server's
 //! storage library) and [`RemoteShuffle`] (shuffle servers over TCP or
 //! QUIC, one or many). Every implementation passes the conformance suite in
 //! `tests/conformance`.
 
 mod batching;
 mod client;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
 pub mod remote;
+#[cfg(feature = "embedded")]
 pub mod service;
 
 pub use batching::{Batcher, WriterOptions};
@@ -26,8 +29,10 @@ pub use client::{
     CommitAck, Placement, PushAck, ReadStats, RecordBatch, ShuffleClient, ShuffleHandle, ShuffleReader,
     ShuffleStatus, ShuffleWriter, WriteStats,
 };
-pub use embedded::EmbeddedShuffle;
+#[cfg(feature = "embedded")]
+pub use embedded::{EmbeddedOptions, EmbeddedShuffle, EmbeddedStats};
 pub use error::ClientError;
 pub use protocol;
 pub use remote::{QuicTrust, RemoteOptions, RemoteShuffle, ServerUrl};
+#[cfg(feature = "embedded")]
 pub use service::ServedShuffle;

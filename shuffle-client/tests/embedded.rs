@@ -4,8 +4,8 @@ mod conformance;
 
 use std::path::PathBuf;
 
+use shuffle_client::embedded::EmbeddedOptions;
 use shuffle_client::EmbeddedShuffle;
-use shuffle_server::storage::{MemoryBudget, StoreConfig};
 
 struct Embedded {
     tmp: tempfile::TempDir,
@@ -20,11 +20,11 @@ impl Embedded {
     fn with(budget: u64) -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dirs = vec![tmp.path().join("disk-a"), tmp.path().join("disk-b")];
-        let mut config = StoreConfig::new(dirs);
-        config.memory_budget = MemoryBudget::unmetered(budget);
+        let mut options = EmbeddedOptions::new(dirs);
+        options.memory_budget = budget;
         // Spills in these cases come from memory pressure, not from time.
-        config.spill_after = std::time::Duration::from_secs(30);
-        let client = EmbeddedShuffle::with_config(config).expect("open store");
+        options.spill_after = std::time::Duration::from_secs(30);
+        let client = EmbeddedShuffle::with_options(options).expect("open store");
         Embedded { tmp, client }
     }
 }

@@ -27,13 +27,10 @@ pub mod storage;
 pub mod tls;
 mod wire_errors;
 
-pub use error::{ChecksumSite, ServerError};
+pub use error::ServerError;
 pub use local::LocalServer;
 pub use server::{run, BoundAddrs, Listeners, Opened};
 pub use wire_errors::to_status;
 
-/// Generated control-plane types (`protocol/proto/rss/v1/control.proto`).
-#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("rss.v1");
-}
+/// The control-plane gRPC types, shared with clients (`protocol::net`).
+pub(crate) use protocol::net::proto;

@@ -5,30 +5,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use protocol::ServiceError;
 
-/// Reasons a request is refused (the `reason` label), as named by
-/// `ServiceError::reason`, plus transport-level ones.
-pub const REASONS: [&str; 19] = [
-    "malformed",
-    "unknown_app",
-    "unknown_shuffle",
-    "shuffle_exists",
-    "unsupported_mode",
-    "out_of_range",
-    "checksum_mismatch",
-    "commit_conflict",
-    "missing_blocks",
-    "not_ready",
-    "corrupt",
-    "busy",
-    "draining",
-    "attempt_failed",
-    "data_gone",
-    "limit_exceeded",
-    "internal",
-    "connection",
-    "other",
-];
+/// Reasons a request is refused (the `reason` label) besides the service
+/// errors' own (`ServiceError::REASONS`, from the one error table): a
+/// connection that broke.
+pub const TRANSPORT_REASONS: [&str; 1] = ["connection"];
 
 /// Every metric the server exports, in its own registry.
 #[derive(Clone, Debug)]
@@ -207,7 +189,7 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             m.push_requests.with_label_values(&[result]);
         }
-        for reason in REASONS {
+        for reason in ServiceError::REASONS.iter().chain(&TRANSPORT_REASONS) {
             m.rejected_requests.with_label_values(&[reason]);
             m.fetch_failures.with_label_values(&[reason]);
         }
@@ -240,6 +222,15 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_has_its_refusal_series_from_the_start() {
+        let text = Metrics::new().render();
+        for (_, name, reason, ..) in ServiceError::KINDS {
+            let series = format!("rss_rejected_requests_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&series), "{name}: {series}");
+        }
+    }
 
     #[test]
     fn every_design_metric_is_exported() {

@@ -8,8 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::ServerError;
 
-/// ALPN protocol id of the QUIC data plane.
-pub const ALPN: &[u8] = b"rss/1";
+use protocol::net::ALPN;
 
 /// A certificate chain and its private key.
 #[derive(Debug)]

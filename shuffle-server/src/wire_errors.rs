@@ -1,136 +1,27 @@
 //! How server errors cross the wire: as a [`ServiceError`] in data-plane
 //! `Error` frames, and as a gRPC status carrying the same bytes in its
-//! details.
+//! details. Wire errors are carried as they are; only the server's own
+//! errors are mapped here.
 
-use protocol::ServiceError;
+use protocol::{ServiceError, StatusClass};
 use tonic::Code;
 
-use crate::{ChecksumSite, ServerError};
+use crate::ServerError;
 
 impl ServerError {
     /// The wire form of this error.
     pub fn to_service_error(&self) -> ServiceError {
+        let reason = self.to_string();
         match self {
-            ServerError::UnknownShuffle { app, shuffle } => ServiceError::UnknownShuffle {
-                app: app.clone(),
-                shuffle: *shuffle,
-            },
-            ServerError::ShuffleExists {
-                app,
-                shuffle,
-                existing,
-            } => ServiceError::ShuffleExists {
-                app: app.clone(),
-                shuffle: *shuffle,
-                existing: *existing,
-            },
-            ServerError::UnsupportedMode { mode } => ServiceError::UnsupportedMode { mode: *mode },
-            ServerError::PartitionOutOfRange {
-                partition,
-                num_partitions,
-            } => ServiceError::PartitionOutOfRange {
-                partition: *partition,
-                num_partitions: *num_partitions,
-            },
-            ServerError::MapOutOfRange { map, num_maps } => ServiceError::MapOutOfRange {
-                map: *map,
-                num_maps: *num_maps,
-            },
+            ServerError::Service(e) => e.clone(),
             ServerError::WrongShuffle { .. }
             | ServerError::Protocol(_)
-            | ServerError::InvalidConfig { .. } => ServiceError::Malformed {
-                reason: self.to_string(),
-            },
-            ServerError::ChecksumMismatch {
-                block,
-                expected,
-                actual,
-                site,
-            } => ServiceError::ChecksumMismatch {
-                block: *block,
-                expected: *expected,
-                actual: *actual,
-                stored: *site == ChecksumSite::Stored,
-            },
-            ServerError::CommitConflict {
-                map,
-                committed,
-                attempt,
-            } => ServiceError::CommitConflict {
-                map: *map,
-                committed: *committed,
-                attempt: *attempt,
-            },
-            ServerError::AttemptSuperseded {
-                map,
-                committed,
-                attempt,
-            } => ServiceError::AttemptSuperseded {
-                map: *map,
-                committed: *committed,
-                attempt: *attempt,
-            },
-            ServerError::ManifestMismatch { map, attempt } => ServiceError::ManifestMismatch {
-                map: *map,
-                attempt: *attempt,
-            },
-            ServerError::MissingBlocks {
-                map,
-                attempt,
-                partition,
-                expected,
-                missing_seq,
-            } => ServiceError::MissingBlocks {
-                map: *map,
-                attempt: *attempt,
-                partition: *partition,
-                expected: *expected,
-                missing_seq: *missing_seq,
-            },
-            ServerError::NotSealed {
-                shuffle,
-                committed,
-                num_maps,
-                ..
-            } => ServiceError::NotReady {
-                shuffle: *shuffle,
-                committed: *committed,
-                num_maps: *num_maps,
-            },
-            ServerError::CorruptFile { .. } => ServiceError::Corrupt {
-                reason: self.to_string(),
-            },
-            ServerError::NoRoom { .. } => ServiceError::Internal {
-                reason: self.to_string(),
-            },
-            ServerError::LimitExceeded {
-                limit,
-                max,
-                requested,
-            } => ServiceError::LimitExceeded {
-                limit: (*limit).to_string(),
-                max: *max,
-                requested: *requested,
-            },
-            ServerError::Io { .. } => ServiceError::Internal {
-                reason: self.to_string(),
-            },
-            ServerError::AttemptFailed { map, attempt } => ServiceError::AttemptFailed {
-                map: *map,
-                attempt: *attempt,
-            },
-            ServerError::DataGone { partition, map } => ServiceError::DataGone {
-                partition: *partition,
-                map: *map,
-            },
-            ServerError::NoCredit { .. } => ServiceError::Busy {
-                reason: self.to_string(),
-            },
-            ServerError::ResumeUnsupported { .. } | ServerError::BeyondManifest { .. } => {
-                ServiceError::Malformed {
-                    reason: self.to_string(),
-                }
-            }
+            | ServerError::InvalidConfig { .. }
+            | ServerError::ResumeUnsupported { .. }
+            | ServerError::BeyondManifest { .. } => ServiceError::Malformed { reason },
+            ServerError::NoCredit { .. } => ServiceError::Busy { reason },
+            ServerError::CorruptFile { .. } => ServiceError::Corrupt { reason },
+            ServerError::Io { .. } | ServerError::NoRoom { .. } => ServiceError::Internal { reason },
         }
     }
 }
@@ -138,24 +29,16 @@ impl ServerError {
 /// The gRPC status for a service error; its details carry the encoded
 /// error so the client can rebuild it exactly.
 pub fn to_status(err: &ServiceError) -> tonic::Status {
-    let code = match err {
-        ServiceError::Malformed { .. }
-        | ServiceError::PartitionOutOfRange { .. }
-        | ServiceError::MapOutOfRange { .. } => Code::InvalidArgument,
-        ServiceError::UnknownApp { .. } | ServiceError::UnknownShuffle { .. } => Code::NotFound,
-        ServiceError::ShuffleExists { .. } => Code::AlreadyExists,
-        ServiceError::UnsupportedMode { .. } => Code::Unimplemented,
-        ServiceError::ChecksumMismatch { .. } | ServiceError::Corrupt { .. } => Code::DataLoss,
-        ServiceError::CommitConflict { .. }
-        | ServiceError::AttemptSuperseded { .. }
-        | ServiceError::ManifestMismatch { .. }
-        | ServiceError::MissingBlocks { .. }
-        | ServiceError::NotReady { .. }
-        | ServiceError::AttemptFailed { .. } => Code::FailedPrecondition,
-        ServiceError::DataGone { .. } => Code::DataLoss,
-        ServiceError::Busy { .. } | ServiceError::LimitExceeded { .. } => Code::ResourceExhausted,
-        ServiceError::Draining => Code::Unavailable,
-        ServiceError::Internal { .. } | ServiceError::Other { .. } => Code::Internal,
+    let code = match err.status_class() {
+        StatusClass::InvalidArgument => Code::InvalidArgument,
+        StatusClass::NotFound => Code::NotFound,
+        StatusClass::AlreadyExists => Code::AlreadyExists,
+        StatusClass::Unimplemented => Code::Unimplemented,
+        StatusClass::FailedPrecondition => Code::FailedPrecondition,
+        StatusClass::DataLoss => Code::DataLoss,
+        StatusClass::ResourceExhausted => Code::ResourceExhausted,
+        StatusClass::Unavailable => Code::Unavailable,
+        StatusClass::Internal => Code::Internal,
     };
     tonic::Status::with_details(code, err.to_string(), err.to_bytes())
 }

@@ -161,13 +161,13 @@ async fn fill_and_check(server: &LocalServer, full_dir: &Path, dirs: usize) -> R
     ensure!(no_space >= 1.0, "no_space errors counted for {label}");
     let (code, body) = http_get(server.addrs.http, "/readyz").await?;
     ensure!(body.contains(&label) && body.contains("not accepting"), "{body}");
-    let mut control = shuffle_server::proto::shuffle_control_client::ShuffleControlClient::connect(format!(
+    let mut control = protocol::net::proto::shuffle_control_client::ShuffleControlClient::connect(format!(
         "http://{}",
         server.addrs.grpc
     ))
     .await?;
     let status = control
-        .server_status(shuffle_server::proto::Empty {})
+        .server_status(protocol::net::proto::Empty {})
         .await?
         .into_inner();
     let disk = status

@@ -6,10 +6,10 @@ mod common;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::*;
-use protocol::{MapId, PartitionId, ServiceError, ShuffleId};
-use shuffle_server::proto::{
+use protocol::net::proto::{
     AppRequest, BlockCount, CommitMapRequest, Empty, RegisterShuffleRequest, ShuffleRef,
 };
+use protocol::{MapId, PartitionId, ServiceError, ShuffleId};
 use tonic::{Code, Response, Status};
 
 /// Checks a refused call: its code, and typed details that satisfy `want`.

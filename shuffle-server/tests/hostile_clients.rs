@@ -13,11 +13,11 @@ use anyhow::{bail, ensure, Result};
 use bytes::BufMut;
 use common::*;
 use protocol::frame::Frame;
+use protocol::net::proto::RegisterShuffleRequest;
 use protocol::{AppId, AttemptId, MapId, PartitionId, ServiceError, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{
     RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleReader, ShuffleWriter, WriterOptions,
 };
-use shuffle_server::proto::RegisterShuffleRequest;
 
 const TAG_PUSH: u8 = 0x02;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use shuffle_server::proto::AppRequest;
+use protocol::net::proto::AppRequest;
 use shuffle_server::LocalServer;
 
 /// Every metric DESIGN.md promises.

@@ -13,13 +13,13 @@ use bytes::Bytes;
 use common::daemon::Daemon;
 use common::{block, http_get, metric_or_zero, push_frame, DataConn};
 use protocol::frame::{Frame, FrameCodec};
+use protocol::net::proto::shuffle_control_client::ShuffleControlClient;
 use protocol::ServiceError;
 use protocol::{AppId, AttemptId, MapId, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{
     ClientError, RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter,
     WriterOptions,
 };
-use shuffle_server::proto::shuffle_control_client::ShuffleControlClient;
 
 fn start(data: &Path, ports: Option<&[String; 4]>) -> Result<Daemon> {
     Daemon::start(data, ports, &[])
@@ -208,7 +208,7 @@ async fn sigterm_drains_what_is_in_flight_and_exits_zero() -> Result<()> {
     let grpc = format!("http://{}", daemon.ports[2]);
     let mut control = ShuffleControlClient::connect(grpc).await?;
     let refused = control
-        .register_shuffle(shuffle_server::proto::RegisterShuffleRequest {
+        .register_shuffle(protocol::net::proto::RegisterShuffleRequest {
             app_id: "term-test".into(),
             shuffle_id: 3,
             num_maps: 1,

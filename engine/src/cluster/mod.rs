@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shuffle_client::embedded::{MemoryBudget, StoreConfig};
+use shuffle_client::embedded::EmbeddedOptions;
 use shuffle_client::protocol::{AppId, ShuffleMode};
 use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
 use tokio::sync::mpsc;
@@ -187,13 +187,12 @@ fn embedded_store(
     memory_budget: u64,
     spill_after: Duration,
 ) -> Result<EmbeddedShuffle, EngineError> {
-    let mut store = StoreConfig::new(vec![data_dir]);
-    store.memory_budget = MemoryBudget::unmetered(memory_budget);
-    store.spill_after = spill_after;
+    let mut options = EmbeddedOptions::new(vec![data_dir]);
+    options.memory_budget = memory_budget;
+    options.spill_after = spill_after;
     // Job data is transient: a crash loses the job anyway.
-    store.fsync_on_seal = false;
-
-    Ok(EmbeddedShuffle::with_config(store)?)
+    options.fsync_on_seal = false;
+    Ok(EmbeddedShuffle::with_options(options)?)
 }
 
 /// Runs the tasks in this process, at most `slots` at once, with `client`.

@@ -24,8 +24,7 @@ use super::tls::{client_crypto, QuicTrust};
 use super::url::{ServerUrl, Transport};
 use crate::ClientError;
 
-/// ALPN id of the QUIC data plane (matches the server's).
-const ALPN: &[u8] = b"rss/1";
+use protocol::net::ALPN;
 /// Idle TCP connections kept per server.
 const MAX_IDLE: usize = 16;
 /// Longest time a TCP connection waits in the pool before it is dropped
@@ -57,7 +56,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> FrameConn<R, W> {
     /// Writes a frame; block payloads go out without being copied.
     async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
         let mut segments = self.codec.encode_segments(frame)?;
-        shuffle_server::data::write_segments(&mut self.writer, &mut segments).await?;
+        protocol::net::write_segments(&mut self.writer, &mut segments).await?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The gRPC control plane, from the client side.
 
+use protocol::net::proto::shuffle_control_client::ShuffleControlClient;
 use protocol::ServiceError;
-use shuffle_server::proto::shuffle_control_client::ShuffleControlClient;
 use tonic::transport::Channel;
 use tonic::Code;
 

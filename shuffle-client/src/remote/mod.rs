@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use protocol::frame::{Frame, PushBlocks};
+use protocol::net::proto;
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
-use shuffle_server::proto;
 
 use self::conn::DataClient;
 use self::control::Control;

@@ -89,13 +89,14 @@ impl Cluster {
     pub async fn memory(&self) -> (u64, u64) {
         let mut total = (0, 0);
         for s in &self.servers {
-            let mut c = shuffle_server::proto::shuffle_control_client::ShuffleControlClient::connect(
-                format!("http://{}", s.addrs.grpc),
-            )
+            let mut c = protocol::net::proto::shuffle_control_client::ShuffleControlClient::connect(format!(
+                "http://{}",
+                s.addrs.grpc
+            ))
             .await
             .expect("grpc connects");
             let status = c
-                .server_status(shuffle_server::proto::Empty {})
+                .server_status(protocol::net::proto::Empty {})
                 .await
                 .expect("server status")
                 .into_inner();

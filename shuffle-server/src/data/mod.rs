@@ -21,9 +21,8 @@ use protocol::frame::{
     ErrorFrame, FetchBlocks, FetchEnd, FetchRequest, Frame, FrameCodec, PushAck, PushBlocks,
 };
 use protocol::{Block, ServiceError};
-use std::io::IoSlice;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+pub(crate) use protocol::net::write_segments;
 
 use crate::budget::Credit;
 use crate::state::{InFlightGuard, Shared};
@@ -114,39 +113,6 @@ pub(crate) fn encode(frame: &Frame) -> Vec<Bytes> {
                 .unwrap_or_default()]
         }
     }
-}
-
-/// Writes `segments` in order with vectored writes (up to 64 at a time).
-pub async fn write_segments<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    segments: &mut [Bytes],
-) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < segments.len() {
-        let slices: Vec<IoSlice<'_>> = segments[first..]
-            .iter()
-            .take(64)
-            .map(|s| IoSlice::new(s))
-            .collect();
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 && first < segments.len() {
-            let len = segments[first].len();
-            if written >= len {
-                written -= len;
-                first += 1;
-            } else {
-                bytes::Buf::advance(&mut segments[first], written);
-                written = 0;
-            }
-        }
-        while first < segments.len() && segments[first].is_empty() {
-            first += 1;
-        }
-    }
-    writer.flush().await
 }
 
 /// Stores a push; returns the reply frame. The push's credit is released

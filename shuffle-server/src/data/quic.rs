@@ -19,7 +19,6 @@ use protocol::ServiceError;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 
-use super::tcp::frame_name;
 use super::{
     encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, Idle, ReadError, Received,
     Transport,
@@ -222,7 +221,7 @@ async fn request(
         other => {
             let err = protocol::ProtocolError::Malformed {
                 what: "request",
-                reason: format!("a client may not send {}", frame_name(&other)),
+                reason: format!("a client may not send {}", other.name()),
             };
             let frame = error_frame(
                 0,

@@ -189,7 +189,7 @@ async fn requests(
         Some(other) => {
             return Err(protocol::ProtocolError::Malformed {
                 what: "connection",
-                reason: format!("first frame must be hello, got {}", frame_name(&other)),
+                reason: format!("first frame must be hello, got {}", other.name()),
             }
             .into())
         }
@@ -227,7 +227,7 @@ async fn requests(
             other => {
                 return Err(protocol::ProtocolError::Malformed {
                     what: "request",
-                    reason: format!("a client may not send {}", frame_name(&other)),
+                    reason: format!("a client may not send {}", other.name()),
                 }
                 .into())
             }
@@ -249,17 +249,5 @@ impl Request {
 impl Drop for Request {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pub(crate) fn frame_name(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::Hello(_) => "hello",
-        Frame::PushBlocks(_) => "push",
-        Frame::PushAck(_) => "push ack",
-        Frame::Fetch(_) => "fetch",
-        Frame::FetchBlocks(_) => "fetch blocks",
-        Frame::FetchEnd(_) => "fetch end",
-        Frame::Error(_) => "error",
     }
 }

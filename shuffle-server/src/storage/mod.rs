@@ -28,6 +28,7 @@ mod shuffle;
 mod stream;
 mod streaming;
 
+use protocol::ServiceError;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,8 @@ use self::stream::MemoryGauge;
 use self::streaming::StreamEnv;
 pub use self::streaming::{StreamBlock, StreamReader};
 pub use crate::budget::{Credit, MemoryBudget};
-use crate::{ChecksumSite, ServerError};
+use crate::ServerError;
+use protocol::ChecksumSite;
 
 /// Storage settings.
 #[derive(Clone, Debug)]
@@ -317,11 +319,11 @@ impl Store {
             if existing.spec == spec {
                 return Ok(());
             }
-            return Err(ServerError::ShuffleExists {
+            return Err(ServerError::Service(ServiceError::ShuffleExists {
                 app: app.clone(),
                 shuffle,
                 existing: existing.spec,
-            });
+            }));
         }
         if let Some(reason) = shuffles.held.get(&key) {
             return Err(ServerError::CorruptFile {
@@ -350,11 +352,11 @@ impl Store {
             None
         };
         if let Some((limit, max, requested)) = over {
-            return Err(ServerError::LimitExceeded {
-                limit,
+            return Err(ServerError::Service(ServiceError::LimitExceeded {
+                limit: limit.to_string(),
                 max,
                 requested,
-            });
+            }));
         }
         shuffles.insert(Arc::new(ShuffleState::new(
             app.clone(),
@@ -374,9 +376,11 @@ impl Store {
             .by_key
             .get(&(app.clone(), shuffle))
             .cloned()
-            .ok_or_else(|| ServerError::UnknownShuffle {
-                app: app.clone(),
-                shuffle,
+            .ok_or_else(|| {
+                ServerError::Service(ServiceError::UnknownShuffle {
+                    app: app.clone(),
+                    shuffle,
+                })
             })
     }
 
@@ -420,12 +424,12 @@ impl Store {
                         block,
                         expected,
                         actual,
-                    } => ServerError::ChecksumMismatch {
+                    } => ServerError::Service(ServiceError::ChecksumMismatch {
                         block,
                         expected,
                         actual,
                         site: ChecksumSite::Received,
-                    },
+                    }),
                     other => other.into(),
                 });
             }
@@ -494,9 +498,11 @@ impl Store {
     pub fn unregister_shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<(), ServerError> {
         let removed = wlock(&self.shuffles)
             .remove(&(app.clone(), shuffle))
-            .ok_or_else(|| ServerError::UnknownShuffle {
-                app: app.clone(),
-                shuffle,
+            .ok_or_else(|| {
+                ServerError::Service(ServiceError::UnknownShuffle {
+                    app: app.clone(),
+                    shuffle,
+                })
             })?;
         self.delete(&removed)?;
         self.remove_empty_app_dirs(app);

@@ -1,6 +1,7 @@
 //! The [`Store`] API of streaming shuffles: pushes, readers of every mode,
 //! the spill sweep and the memory they hold.
 
+use protocol::ServiceError;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -75,10 +76,10 @@ impl Store {
             return self.read(app, shuffle, partition, maps).map(ShuffleRead::Sealed);
         }
         if maps.end().0 > state.spec.num_maps() {
-            return Err(ServerError::MapOutOfRange {
+            return Err(ServerError::Service(ServiceError::MapOutOfRange {
                 map: MapId(maps.end().0 - 1),
                 num_maps: state.spec.num_maps(),
-            });
+            }));
         }
         StreamReader::open(state, partition, maps, self.counters.clone()).map(ShuffleRead::Stream)
     }

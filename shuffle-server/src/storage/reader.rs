@@ -1,6 +1,7 @@
 //! Reading a sealed partition: the planned blocks, served from an mmap of
 //! the partition file and verified one by one.
 
+use protocol::ServiceError;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use protocol::{AttemptId, Block, BlockId, MapId, PartitionId, ShuffleId};
 
 use super::partition::IndexEntry;
 use super::Counters;
-use crate::{ChecksumSite, ServerError};
+use crate::ServerError;
+use protocol::ChecksumSite;
 
 /// One block a reader will return, in order (also what a sealed shuffle's
 /// meta file records per partition).
@@ -165,12 +167,12 @@ pub(crate) fn verify_block(
     let actual = crc32c::crc32c(&block.payload);
     if actual != entry.crc || actual != block.header.crc {
         counters.checksum_mismatch();
-        return Err(ServerError::ChecksumMismatch {
+        return Err(ServerError::Service(ServiceError::ChecksumMismatch {
             block: expected,
             expected: entry.crc,
             actual,
             site: ChecksumSite::Stored,
-        });
+        }));
     }
     Ok(block)
 }

@@ -16,6 +16,7 @@
 //! file (see `persist.rs`) while it holds `commits`, and only then marks the
 //! shuffle sealed.
 
+use protocol::ServiceError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -197,28 +198,28 @@ impl ShuffleState {
     }
 
     pub(crate) fn unknown(&self) -> ServerError {
-        ServerError::UnknownShuffle {
+        ServerError::Service(ServiceError::UnknownShuffle {
             app: self.app.clone(),
             shuffle: self.id,
-        }
+        })
     }
 
     pub(crate) fn check_partition(&self, partition: PartitionId) -> Result<(), ServerError> {
         if partition.0 >= self.spec.num_partitions() {
-            return Err(ServerError::PartitionOutOfRange {
+            return Err(ServerError::Service(ServiceError::PartitionOutOfRange {
                 partition,
                 num_partitions: self.spec.num_partitions(),
-            });
+            }));
         }
         Ok(())
     }
 
     pub(crate) fn check_map(&self, map: MapId) -> Result<(), ServerError> {
         if map.0 >= self.spec.num_maps() {
-            return Err(ServerError::MapOutOfRange {
+            return Err(ServerError::Service(ServiceError::MapOutOfRange {
                 map,
                 num_maps: self.spec.num_maps(),
-            });
+            }));
         }
         Ok(())
     }
@@ -254,9 +255,9 @@ impl ShuffleState {
         self.check_partition(partition)?;
         let Some(parts) = &self.stream else {
             // Internal invariant: callers check the mode first.
-            return Err(ServerError::UnsupportedMode {
+            return Err(ServerError::Service(ServiceError::UnsupportedMode {
                 mode: self.spec.mode(),
-            });
+            }));
         };
         if let Some(part) = rlock(parts).get(&partition) {
             return Ok(part.clone());
@@ -295,11 +296,11 @@ impl ShuffleState {
             self.check_map(id.map)?;
             if let Some(c) = commits.by_map.get(&id.map) {
                 if c.attempt != id.attempt {
-                    return Err(ServerError::AttemptSuperseded {
+                    return Err(ServerError::Service(ServiceError::AttemptSuperseded {
                         map: id.map,
                         committed: c.attempt,
                         attempt: id.attempt,
-                    });
+                    }));
                 }
                 // A retried push of a committed block is a duplicate and
                 // harmless; a block past the manifest would sit unserved
@@ -343,14 +344,17 @@ impl ShuffleState {
         self.check_live()?;
         if let Some(c) = commits.by_map.get(&map) {
             if c.attempt != attempt {
-                return Err(ServerError::CommitConflict {
+                return Err(ServerError::Service(ServiceError::CommitConflict {
                     map,
                     committed: c.attempt,
                     attempt,
-                });
+                }));
             }
             if c.manifest != manifest {
-                return Err(ServerError::ManifestMismatch { map, attempt });
+                return Err(ServerError::Service(ServiceError::ManifestMismatch {
+                    map,
+                    attempt,
+                }));
             }
             return Ok(CommitOutcome {
                 sealed: self.is_sealed(),
@@ -372,13 +376,13 @@ impl ShuffleState {
                 }
             };
             if let Some(missing_seq) = missing {
-                return Err(ServerError::MissingBlocks {
+                return Err(ServerError::Service(ServiceError::MissingBlocks {
                     map,
                     attempt,
                     partition,
                     expected,
                     missing_seq,
-                });
+                }));
             }
         }
         commits.by_map.insert(
@@ -517,12 +521,11 @@ impl ShuffleState {
     }
 
     fn not_sealed(&self, commits: &Commits) -> ServerError {
-        ServerError::NotSealed {
-            app: self.app.clone(),
+        ServerError::Service(ServiceError::NotReady {
             shuffle: self.id,
             committed: commits.count(),
             num_maps: self.spec.num_maps(),
-        }
+        })
     }
 
     pub(crate) fn committed_maps(&self) -> u32 {
@@ -539,10 +542,10 @@ impl ShuffleState {
     ) -> Result<(Option<PathBuf>, Vec<PlannedBlock>), ServerError> {
         self.check_partition(partition)?;
         if maps.end().0 > self.spec.num_maps() {
-            return Err(ServerError::MapOutOfRange {
+            return Err(ServerError::Service(ServiceError::MapOutOfRange {
                 map: MapId(maps.end().0 - 1),
                 num_maps: self.spec.num_maps(),
-            });
+            }));
         }
         let commits = lock(&self.commits);
         if !self.is_sealed() {

@@ -15,6 +15,7 @@
 //! `DataGone`. So no block is ever delivered twice to one reader, nor from a
 //! losing attempt.
 
+use protocol::ServiceError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -241,7 +242,10 @@ impl StreamIndex {
                 .values()
                 .any(|s| s.values().any(|slot| matches!(slot, Slot::Consumed)));
             if gone {
-                return Err(ServerError::DataGone { partition, map: *map });
+                return Err(ServerError::Service(ServiceError::DataGone {
+                    partition,
+                    map: *map,
+                }));
             }
         }
         Ok(())
@@ -323,7 +327,10 @@ fn visit(
     }
     let attempt = match (m.committed, c.bound) {
         (Some((committed, _)), Some(bound)) if committed != bound => {
-            return Err(ServerError::AttemptFailed { map, attempt: bound });
+            return Err(ServerError::Service(ServiceError::AttemptFailed {
+                map,
+                attempt: bound,
+            }));
         }
         (Some((committed, count)), _) => {
             if c.next >= count {
@@ -338,7 +345,9 @@ fn visit(
             let mut first = None;
             for (attempt, slots) in &m.attempts {
                 match slots.get(&0) {
-                    Some(Slot::Consumed) => return Err(ServerError::DataGone { partition, map }),
+                    Some(Slot::Consumed) => {
+                        return Err(ServerError::Service(ServiceError::DataGone { partition, map }))
+                    }
                     Some(_) if first.is_none() => first = Some(*attempt),
                     _ => {}
                 }
@@ -353,7 +362,7 @@ fn visit(
         return Ok(None); // not arrived yet
     };
     let source = match std::mem::replace(slot, Slot::Consumed) {
-        Slot::Consumed => return Err(ServerError::DataGone { partition, map }),
+        Slot::Consumed => return Err(ServerError::Service(ServiceError::DataGone { partition, map })),
         Slot::Disk => {
             *slot = Slot::Disk;
             Source::Disk

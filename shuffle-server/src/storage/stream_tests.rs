@@ -3,6 +3,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use protocol::ServiceError;
 use protocol::{BlockId, ShuffleId};
 
 const P: PartitionId = PartitionId(0);
@@ -84,10 +85,10 @@ fn a_losing_attempt_fails_its_reader_and_is_dropped() {
     );
     assert!(matches!(
         index.next(P, &mut reader),
-        Err(ServerError::AttemptFailed {
+        Err(ServerError::Service(ServiceError::AttemptFailed {
             map: MapId(0),
             attempt: AttemptId(0)
-        })
+        }))
     ));
     // A new reader gets the winner.
     let mut fresh = Cursor::new(range(0, 1));
@@ -105,11 +106,11 @@ fn consumed_memory_only_blocks_are_gone_for_other_readers() {
     assert_eq!(delivered(index.next(P, &mut first)), (0, 0, 0));
     assert!(matches!(
         index.check_open(P, range(0, 1)),
-        Err(ServerError::DataGone { map: MapId(0), .. })
+        Err(ServerError::Service(ServiceError::DataGone { map: MapId(0), .. }))
     ));
     assert!(matches!(
         index.next(P, &mut waiting),
-        Err(ServerError::DataGone { .. })
+        Err(ServerError::Service(ServiceError::DataGone { .. }))
     ));
 }
 
@@ -206,7 +207,7 @@ proptest! {
                         let want: Vec<(u32, u32)> = (0..BLOCKS).map(|s| (c, s)).collect();
                         prop_assert_eq!(&got, &want);
                     }
-                    Err(ServerError::AttemptFailed { attempt, .. }) => {
+                    Err(ServerError::Service(ServiceError::AttemptFailed { attempt, .. })) => {
                         failed = true;
                         prop_assert_eq!(Some(attempt.0), got.first().map(|g| g.0));
                         prop_assert!(committed.is_some_and(|c| c != attempt.0));

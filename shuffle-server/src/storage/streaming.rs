@@ -20,6 +20,7 @@
 //!   written out. A reader that had to wait for credit while the budget is
 //!   full of the very blocks it would consume would deadlock.
 
+use protocol::ServiceError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -202,17 +203,19 @@ impl ShuffleState {
         attempt: AttemptId,
     ) -> Result<(), ServerError> {
         if self.is_removed() {
-            return Err(ServerError::UnknownShuffle {
+            return Err(ServerError::Service(ServiceError::UnknownShuffle {
                 app: self.app.clone(),
                 shuffle: self.id,
-            });
+            }));
         }
         match index.committed(map) {
-            Some(committed) if committed != attempt => Err(ServerError::AttemptSuperseded {
-                map,
-                committed,
-                attempt,
-            }),
+            Some(committed) if committed != attempt => {
+                Err(ServerError::Service(ServiceError::AttemptSuperseded {
+                    map,
+                    committed,
+                    attempt,
+                }))
+            }
             _ => Ok(()),
         }
     }
@@ -305,10 +308,10 @@ impl StreamReader {
         let step = {
             let mut index = lock(&part.index);
             if state.is_removed() {
-                return Err(ServerError::UnknownShuffle {
+                return Err(ServerError::Service(ServiceError::UnknownShuffle {
                     app: state.app.clone(),
                     shuffle: state.id,
-                });
+                }));
             }
             index.next(self.partition, &mut self.cursor)?
         };

@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use protocol::ServiceError;
 use protocol::{records, BlockId, ShuffleMode};
 
 mod failed_appends;
@@ -150,16 +151,19 @@ fn first_attempt_to_commit_wins_and_losers_are_never_served() {
         .expect_err("conflict");
     assert!(matches!(
         err,
-        ServerError::CommitConflict {
+        ServerError::Service(ServiceError::CommitConflict {
             committed: AttemptId(1),
             attempt: AttemptId(0),
             ..
-        }
+        })
     ));
     let err = store
         .push(&app(), SHUFFLE, &[block(0, 0, 0, 1)])
         .expect_err("superseded");
-    assert!(matches!(err, ServerError::AttemptSuperseded { .. }));
+    assert!(matches!(
+        err,
+        ServerError::Service(ServiceError::AttemptSuperseded { .. })
+    ));
     // Retrying the winning commit is harmless; changing its manifest is not.
     let again = store
         .commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[1]))
@@ -167,7 +171,7 @@ fn first_attempt_to_commit_wins_and_losers_are_never_served() {
     assert!(again.already_committed && again.sealed);
     assert!(matches!(
         store.commit(&app(), SHUFFLE, MapId(0), AttemptId(1), manifest(&[2])),
-        Err(ServerError::ManifestMismatch { .. })
+        Err(ServerError::Service(ServiceError::ManifestMismatch { .. }))
     ));
     assert_eq!(read_all(&store, 0, MapRange::all(1)).expect("read"), ["m0a1p0s0"]);
 }
@@ -209,12 +213,12 @@ fn a_commit_naming_blocks_that_never_arrived_is_refused() {
         .expect_err("gap");
     assert!(matches!(
         err,
-        ServerError::MissingBlocks {
+        ServerError::Service(ServiceError::MissingBlocks {
             partition: PartitionId(1),
             missing_seq: 1,
             expected: 3,
             ..
-        }
+        })
     ));
     assert!(!store.status(&app(), SHUFFLE).expect("status").sealed);
 }
@@ -231,11 +235,11 @@ fn reading_before_the_seal_is_not_ready() {
         .expect_err("not sealed");
     assert!(matches!(
         err,
-        ServerError::NotSealed {
+        ServerError::Service(ServiceError::NotReady {
             committed: 1,
             num_maps: 2,
             ..
-        }
+        })
     ));
     store
         .commit(&app(), SHUFFLE, MapId(1), AttemptId(0), manifest(&[]))
@@ -254,23 +258,26 @@ fn out_of_range_ids_are_refused_and_store_nothing() {
         .expect_err("partition");
     assert!(matches!(
         err,
-        ServerError::PartitionOutOfRange {
+        ServerError::Service(ServiceError::PartitionOutOfRange {
             num_partitions: 2,
             ..
-        }
+        })
     ));
     let err = store
         .push(&app(), SHUFFLE, &[block(1, 0, 0, 0)])
         .expect_err("map");
-    assert!(matches!(err, ServerError::MapOutOfRange { num_maps: 1, .. }));
+    assert!(matches!(
+        err,
+        ServerError::Service(ServiceError::MapOutOfRange { num_maps: 1, .. })
+    ));
     assert_eq!(store.stats().blocks_stored, 0);
     assert!(matches!(
         store.read(&app(), SHUFFLE, PartitionId(5), MapRange::all(1)),
-        Err(ServerError::PartitionOutOfRange { .. })
+        Err(ServerError::Service(ServiceError::PartitionOutOfRange { .. }))
     ));
     assert!(matches!(
         store.push(&app(), ShuffleId(99), &[]),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
 }
 
@@ -287,10 +294,10 @@ fn a_corrupt_payload_in_a_push_is_refused() {
         .expect_err("crc");
     assert!(matches!(
         err,
-        ServerError::ChecksumMismatch {
+        ServerError::Service(ServiceError::ChecksumMismatch {
             site: ChecksumSite::Received,
             ..
-        }
+        })
     ));
     assert_eq!(store.stats().blocks_stored, 0);
 }
@@ -319,11 +326,11 @@ fn a_flipped_byte_on_disk_is_a_checksum_mismatch_naming_the_block() {
         .expect("open");
     assert!(reader.next_block().expect("first block intact").is_some());
     match reader.next_block() {
-        Err(ServerError::ChecksumMismatch {
+        Err(ServerError::Service(ServiceError::ChecksumMismatch {
             block,
             site: ChecksumSite::Stored,
             ..
-        }) => {
+        })) => {
             assert_eq!(
                 (block.map, block.seq, block.partition),
                 (MapId(0), 1, PartitionId(0))
@@ -363,7 +370,7 @@ fn unregister_deletes_the_files_and_forgets_the_shuffle() {
     assert!(walk(tmp.path()).is_empty());
     assert!(matches!(
         store.status(&app(), SHUFFLE),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
     register(&store, 1, 1);
     store.unregister_app(&app()).expect("unregister app");

@@ -19,14 +19,14 @@ use bytes::{BufMut, BytesMut};
 use protocol::frame::{
     ErrorFrame, FetchRequest, Frame, FrameCodec, Hello, PushAck, PushBlocks, PROTOCOL_VERSION,
 };
+use protocol::net::proto::shuffle_control_client::ShuffleControlClient;
+use protocol::net::proto::{
+    BlockCount, CommitMapReply, CommitMapRequest, RegisterShuffleRequest, ShuffleRef, ShuffleStatusReply,
+};
 use protocol::{
     records, AppId, AttemptId, Block, BlockId, MapId, MapRange, PartitionId, ServiceError, ShuffleId,
 };
 use shuffle_server::config::ServerConfig;
-use shuffle_server::proto::shuffle_control_client::ShuffleControlClient;
-use shuffle_server::proto::{
-    BlockCount, CommitMapReply, CommitMapRequest, RegisterShuffleRequest, ShuffleRef, ShuffleStatusReply,
-};
 use shuffle_server::LocalServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -1,6 +1,7 @@
 //! Restarts: sealed shuffles come back, everything else is discarded.
 
 use super::*;
+use protocol::ServiceError;
 
 fn config(root: &std::path::Path, dirs: usize) -> StoreConfig {
     StoreConfig::new((0..dirs).map(|i| root.join(format!("disk{i}"))).collect())
@@ -105,7 +106,7 @@ fn a_sealed_shuffle_survives_a_crash_and_reads_back_the_same() {
             SHUFFLE,
             ShuffleSpec::new(2, 4, ShuffleMode::Blocking).expect("spec")
         ),
-        Err(ServerError::ShuffleExists { .. })
+        Err(ServerError::Service(ServiceError::ShuffleExists { .. }))
     ));
     // Retried commits and pushes of the winners are harmless.
     let again = store
@@ -121,7 +122,7 @@ fn a_sealed_shuffle_survives_a_crash_and_reads_back_the_same() {
     );
     assert!(matches!(
         store.push(&app(), SHUFFLE, &[block(1, 1, 0, 1)]),
-        Err(ServerError::AttemptSuperseded { .. })
+        Err(ServerError::Service(ServiceError::AttemptSuperseded { .. }))
     ));
     // A second restart finds it again; unregistering deletes it for good.
     drop(store);
@@ -167,11 +168,11 @@ fn unsealed_shuffles_are_deleted_in_every_data_dir() {
     }
     assert!(matches!(
         store.status(&app(), SHUFFLE),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
     assert!(matches!(
         store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2)),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
     assert_eq!(read_shuffle(&store, sealed, 0).expect("read"), want[0]);
     // The id is free again and starts from nothing.
@@ -247,7 +248,7 @@ fn a_damaged_or_misplaced_meta_is_quarantined_never_deleted_nor_served() {
         assert!(
             matches!(
                 store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2)),
-                Err(ServerError::UnknownShuffle { .. })
+                Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
             ),
             "{what}"
         );
@@ -329,7 +330,7 @@ fn a_meta_of_a_newer_format_is_left_alone_and_its_id_refused() {
     );
     assert!(matches!(
         store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2)),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
     let spec = ShuffleSpec::new(2, 3, ShuffleMode::Blocking).expect("spec");
     assert!(
@@ -523,7 +524,7 @@ fn a_seal_whose_meta_cannot_be_written_does_not_take_effect() {
     assert_eq!((status.sealed, status.committed_maps), (false, 1));
     assert!(matches!(
         store.read(&app(), SHUFFLE, PartitionId(0), MapRange::all(2)),
-        Err(ServerError::NotSealed { .. })
+        Err(ServerError::Service(ServiceError::NotReady { .. }))
     ));
     assert!(meta_paths(&store, SHUFFLE).iter().all(|m| !m.exists()));
     // The commit was undone: retrying it seals.

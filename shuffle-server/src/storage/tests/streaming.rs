@@ -1,6 +1,7 @@
 //! Streaming modes through the `Store` API: pipelined, hybrid-full and
 //! hybrid-selective, with their memory, disk and error rules.
 
+use protocol::ServiceError;
 use std::task::Poll;
 
 use super::*;
@@ -112,7 +113,7 @@ fn attempt_failed_and_data_gone_are_typed() {
     assert!(next(&mut reader).expect("ok").is_ready());
     assert!(matches!(
         store.open_read(&app(), SHUFFLE, PartitionId(0), MapRange::all(1)),
-        Err(ServerError::DataGone { map: MapId(0), .. })
+        Err(ServerError::Service(ServiceError::DataGone { map: MapId(0), .. }))
     ));
     store.push(&app(), SHUFFLE, &[block(0, 1, 0, 0)]).expect("push");
     store
@@ -120,14 +121,14 @@ fn attempt_failed_and_data_gone_are_typed() {
         .expect("commit");
     assert!(matches!(
         next(&mut reader),
-        Err(ServerError::AttemptFailed {
+        Err(ServerError::Service(ServiceError::AttemptFailed {
             map: MapId(0),
             attempt: AttemptId(0)
-        })
+        }))
     ));
     assert!(matches!(
         store.push(&app(), SHUFFLE, &[block(0, 0, 0, 2)]),
-        Err(ServerError::AttemptSuperseded { .. })
+        Err(ServerError::Service(ServiceError::AttemptSuperseded { .. }))
     ));
     assert_eq!(store.stats().memory_bytes, block(0, 1, 0, 0).encoded_len() as u64);
 }
@@ -216,7 +217,7 @@ fn unregister_frees_memory_and_fails_live_readers() {
     assert_eq!((store.stats().memory_bytes, store.budget().in_use()), (0, 0));
     assert!(matches!(
         next(&mut reader),
-        Err(ServerError::UnknownShuffle { .. })
+        Err(ServerError::Service(ServiceError::UnknownShuffle { .. }))
     ));
 }
 
