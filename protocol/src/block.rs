@@ -11,6 +11,7 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes};
 
 use crate::records::RecordIter;
+pub use crate::records::MAX_BLOCK_RAW_LEN;
 use crate::{wire, AttemptId, MapId, PartitionId, ProtocolError, ShuffleId};
 
 /// First four bytes of every block.
@@ -19,8 +20,6 @@ pub const BLOCK_MAGIC: [u8; 4] = *b"RSBK";
 pub const BLOCK_FORMAT_VERSION: u8 = 1;
 /// Size of the encoded header.
 pub const BLOCK_HEADER_LEN: usize = 44;
-/// Largest raw (decompressed) payload of one block: 32 MiB.
-pub const MAX_BLOCK_RAW_LEN: u32 = 32 << 20;
 
 /// How a block's payload is stored.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

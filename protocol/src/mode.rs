@@ -78,6 +78,20 @@ impl ShuffleMode {
         )
     }
 
+    /// Blocks live in memory only and never reach a disk (pipelined): a
+    /// block is gone once a reader took it, so a lost reader restarts its
+    /// region.
+    pub fn memory_only(self) -> bool {
+        matches!(self, ShuffleMode::Pipelined)
+    }
+
+    /// A partition reads as one fixed sequence of blocks, so a cut fetch
+    /// resumes at a block position (blocking). Streaming modes deliver in
+    /// arrival order and do not resume by position.
+    pub fn resumes_by_position(self) -> bool {
+        matches!(self, ShuffleMode::Blocking)
+    }
+
     /// The name used on command lines and in reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -7,8 +7,11 @@
 
 use bytes::{Buf, Bytes};
 
-use crate::block::MAX_BLOCK_RAW_LEN;
 use crate::{wire, ProtocolError};
+
+/// Largest raw (decompressed) payload of one block, its record sequence:
+/// 32 MiB. (Also `block::MAX_BLOCK_RAW_LEN`, where blocks check it.)
+pub const MAX_BLOCK_RAW_LEN: u32 = 32 << 20;
 
 /// Largest record that fits in one block.
 pub const MAX_RECORD_LEN: usize = MAX_BLOCK_RAW_LEN as usize - 5;

@@ -310,7 +310,10 @@ pub trait ShuffleWriter: Send {
 }
 
 /// Reads one partition's records: every block of every committed map
-/// attempt in range, exactly once, in (map, sequence) order.
+/// attempt in range, exactly once. Within a map, blocks come in sequence
+/// order. Blocking shuffles (and sealed hybrid-full ones) return maps in
+/// order, one after the other; the streaming modes interleave maps in
+/// arrival order.
 pub trait ShuffleReader: Send {
     /// The next block's records; `None` when the partition is exhausted.
     fn next_batch(&mut self) -> impl Future<Output = Result<Option<RecordBatch>, ClientError>> + Send;

@@ -7,7 +7,7 @@
 //! transport's own flow control (TCP window, QUIC stream credit) instead of
 //! in the server's memory. Fetch streams take credit for each chunk before
 //! encoding it and hold it until the chunk is written to the socket; the
-//! next chunk is read only after that (see `FrameSink`), so a stalled
+//! next chunk is read only after that (see `FrameSink` in `data/fetch.rs`), so a stalled
 //! reader pins at most one chunk (1 MiB plus at most one block) and never
 //! waits in the budget's queue. Credit is returned when the [`Credit`] is
 //! dropped; the sum of live credits never exceeds the budget. (A single
@@ -20,7 +20,7 @@
 //! plane uses that same budget, so `rss_buffer_bytes` counts push frames,
 //! fetch chunks and the in-memory blocks of streaming shuffles together.
 //! Streaming (pipelined, hybrid) blocks keep their credit until a reader
-//! consumes them or they are spilled; see `storage/stream.rs` for the rules
+//! consumes them or they are spilled; see `storage/stream_push.rs` for the rules
 //! that keep that from deadlocking.
 
 use std::sync::Arc;

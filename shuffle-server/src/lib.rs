@@ -6,31 +6,34 @@
 //! * [`run`]: the daemon on bound [`Listeners`]: the TCP and QUIC data
 //!   plane, the gRPC control plane, HTTP metrics and health, the memory
 //!   budget, app expiry, and draining on shutdown.
-//! * [`proto`]: the generated gRPC types (server and client stubs).
+//! * [`config`]: the daemon's settings (flags over TOML over defaults).
+//! * [`LocalServer`]: a whole server in this process, on loopback ports,
+//!   for tests, benchmarks and the engine's `ServedShuffle`.
 //!
-//! The in-process `EmbeddedShuffle` of `shuffle-client` drives the same
-//! [`storage::Store`].
+//! The public surface is what the daemon's binary, the tests and the
+//! in-process `EmbeddedShuffle` of `shuffle-client` use; the generated
+//! gRPC types are `protocol::net::proto`, shared with clients.
 
-pub mod budget;
+mod budget;
 pub mod config;
-pub mod data;
-pub mod disk;
+mod data;
+mod disk;
 mod error;
 mod grpc;
+mod housekeeping;
 mod http;
 mod limits;
 mod local;
-pub mod metrics;
+mod metrics;
 mod server;
 mod state;
 pub mod storage;
-pub mod tls;
+mod tls;
 mod wire_errors;
 
 pub use error::ServerError;
 pub use local::LocalServer;
-pub use server::{run, BoundAddrs, Listeners, Opened};
-pub use wire_errors::to_status;
+pub use server::{run, BoundAddrs, Listeners};
 
 /// The control-plane gRPC types, shared with clients (`protocol::net`).
 pub(crate) use protocol::net::proto;

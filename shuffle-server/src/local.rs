@@ -5,8 +5,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
+use crate::server::Opened;
 use crate::tls::QuicIdentity;
-use crate::{BoundAddrs, Listeners, Opened, ServerError};
+use crate::{BoundAddrs, Listeners, ServerError};
 
 /// A running in-process server. Dropping it stops it abruptly (its task is
 /// aborted); [`LocalServer::shutdown`] drains it like SIGTERM does.

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,9 +19,9 @@ use crate::budget::MemoryBudget;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::state::Shared;
-use crate::storage::{DiskErrorKind, Store, StoreConfig};
+use crate::storage::{Store, StoreConfig};
 use crate::tls::QuicIdentity;
-use crate::{data, grpc, http, proto, ServerError};
+use crate::{data, grpc, housekeeping, http, proto, ServerError};
 
 /// The sockets a server runs on, bound before it starts (tests bind port 0).
 #[derive(Debug)]
@@ -207,7 +206,7 @@ impl Opened {
         let tcp = tokio::spawn(data::tcp::serve(shared.clone(), tcp, data_rx.clone()));
         let quic = tokio::spawn(data::quic::serve(shared.clone(), endpoint, data_rx));
         let http_task = tokio::spawn(http::serve(shared.clone(), http, all_rx.clone()));
-        let housekeeping = tokio::spawn(housekeeping(shared.clone(), all_rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping::run(shared.clone(), all_rx.clone()));
         let grpc_task = {
             let service = proto::shuffle_control_server::ShuffleControlServer::new(grpc::ControlService {
                 shared: shared.clone(),
@@ -263,108 +262,4 @@ impl Opened {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained, exiting");
         Ok(())
     }
-}
-
-/// Expires silent apps and refreshes disk and gauge metrics.
-async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(shared.config.check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopped = crate::state::stopped(stop);
-    tokio::pin!(stopped);
-    let mut disks = DiskCounters::default();
-    let mut spilled_before: Vec<u64> = Vec::new();
-    let mut blocking_before = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut stopped => return,
-        }
-        let total_written = export_disk_metrics(&shared, &mut disks);
-        // Hybrid shuffles' disk writes, by mode; blocking writes are the rest.
-        let spilled = shared.store.spilled_bytes_by_mode();
-        spilled_before.resize(spilled.len(), 0);
-        let mut hybrid_total = 0;
-        for ((mode, now), before) in spilled.iter().zip(spilled_before.iter_mut()) {
-            hybrid_total += now;
-            let delta = now.saturating_sub(*before);
-            *before = *now;
-            shared
-                .metrics
-                .spill_bytes
-                .with_label_values(&[mode.name()])
-                .inc_by(delta);
-        }
-        let blocking = total_written.saturating_sub(hybrid_total);
-        shared
-            .metrics
-            .spill_bytes
-            .with_label_values(&["blocking"])
-            .inc_by(blocking.saturating_sub(blocking_before));
-        blocking_before = blocking_before.max(blocking);
-        for app in shared.apps.take_expired(Instant::now()) {
-            tracing::info!(%app, "app expired: no heartbeat, deleting its data");
-            shared.metrics.expired_applications.inc();
-            let store = shared.store.clone();
-            let result = tokio::task::spawn_blocking(move || store.unregister_app(&app)).await;
-            if let Ok(Err(e)) = result {
-                tracing::error!("deleting an expired app failed: {e}");
-            }
-        }
-        shared.metrics.active_applications.set(shared.apps.len() as i64);
-        shared
-            .metrics
-            .active_shuffles
-            .set(shared.store.shuffle_count() as i64);
-    }
-}
-
-/// What the disk counters were at the last export, per data directory.
-#[derive(Debug, Default)]
-struct DiskCounters {
-    written: Vec<u64>,
-    errors: Vec<[u64; 2]>,
-}
-
-/// Exports the store's disk state (no I/O: the store probes its disks
-/// itself): flushed bytes and errors as counter deltas, stored and free
-/// bytes, health. Updates readiness. Returns the bytes written in all.
-fn export_disk_metrics(shared: &Shared, before: &mut DiskCounters) -> u64 {
-    let status = shared.store.disk_status();
-    before.written.resize(status.len(), 0);
-    before.errors.resize(status.len(), [0; 2]);
-    let m = &shared.metrics;
-    let mut total_written = 0;
-    for (i, disk) in status.iter().enumerate() {
-        let label = disk.path.display().to_string();
-        total_written += disk.written_bytes;
-        m.flush_bytes
-            .with_label_values(&[&label])
-            .inc_by(disk.written_bytes.saturating_sub(before.written[i]));
-        before.written[i] = disk.written_bytes;
-        for kind in DiskErrorKind::ALL {
-            let k = kind as usize;
-            m.disk_errors
-                .with_label_values(&[&label, kind.label()])
-                .inc_by(disk.errors[k].saturating_sub(before.errors[i][k]));
-            before.errors[i][k] = disk.errors[k];
-        }
-        m.stored_bytes
-            .with_label_values(&[&label])
-            .set(i64::try_from(disk.stored_bytes).unwrap_or(i64::MAX));
-        if let Some(free) = disk.free_bytes {
-            m.disk_free_bytes
-                .with_label_values(&[&label])
-                .set(i64::try_from(free).unwrap_or(i64::MAX));
-        }
-        m.disk_healthy
-            .with_label_values(&[&label])
-            .set(i64::from(disk.writable));
-        m.disk_accepting
-            .with_label_values(&[&label])
-            .set(i64::from(disk.accepting));
-    }
-    shared
-        .disks_ok
-        .store(status.iter().any(|d| d.accepting), Ordering::Release);
-    total_written
 }

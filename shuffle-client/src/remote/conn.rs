@@ -88,8 +88,12 @@ pub(crate) enum StreamError {
     Io(#[from] std::io::Error),
     #[error("peer sent bad data: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The QUIC transport failed (a stream could not be finished).
     #[error("{0}")]
     Quic(String),
+    /// The server did not answer the hello with a hello of our version.
+    #[error("{0}")]
+    Handshake(String),
     #[error("timed out")]
     Timeout,
     #[error("connection closed before a reply")]
@@ -233,7 +237,9 @@ impl DataClient {
             .ok_or_else(|| self.error(format!("{authority} resolves to no address")))
     }
 
-    /// Says hello on a new stream; returns the server's gRPC port.
+    /// Says hello on a new connection (TCP) or stream (QUIC); returns the
+    /// server's hello: its protocol version (checked), gRPC port and
+    /// largest frame.
     pub async fn hello(&self) -> Result<Hello, ClientError> {
         match self.url.transport {
             Transport::Tcp => {
@@ -244,18 +250,8 @@ impl DataClient {
             Transport::Quic => {
                 let mut stream = self.open().await?;
                 stream.send(&hello_frame()).await.map_err(|e| self.error(e))?;
-                match stream
-                    .recv(self.connect_timeout)
-                    .await
-                    .map_err(|e| self.error(e))?
-                {
-                    Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
-                    Some(Frame::Hello(h)) => Err(self.error(format!(
-                        "server speaks protocol version {}, not {PROTOCOL_VERSION}",
-                        h.protocol_version
-                    ))),
-                    other => Err(self.error(format!("expected hello, got {other:?}"))),
-                }
+                let reply = stream.recv(self.connect_timeout).await;
+                reply.and_then(check_hello).map_err(|e| self.error(e))
             }
         }
     }
@@ -268,11 +264,8 @@ impl DataClient {
             let (r, w) = stream.into_split();
             let mut conn = FrameConn::new(r, w);
             conn.send(&hello_frame()).await?;
-            match conn.recv().await? {
-                Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok((conn, h)),
-                Some(Frame::Error(e)) => Err(StreamError::Quic(e.error.to_string())),
-                other => Err(StreamError::Quic(format!("expected hello, got {other:?}"))),
-            }
+            let hello = check_hello(conn.recv().await?)?;
+            Ok::<_, StreamError>((conn, hello))
         };
         tokio::time::timeout(self.connect_timeout, setup)
             .await
@@ -393,6 +386,24 @@ async fn send_and_recv(
 ) -> Result<Frame, StreamError> {
     stream.send(request).await?;
     stream.recv(timeout).await?.ok_or(StreamError::Closed)
+}
+
+/// The server's reply to our hello, which must be a hello of our protocol
+/// version.
+fn check_hello(reply: Option<Frame>) -> Result<Hello, StreamError> {
+    match reply {
+        Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
+        Some(Frame::Hello(h)) => Err(StreamError::Handshake(format!(
+            "server speaks protocol version {}, not {PROTOCOL_VERSION}",
+            h.protocol_version
+        ))),
+        Some(Frame::Error(e)) => Err(StreamError::Handshake(e.error.to_string())),
+        Some(other) => Err(StreamError::Handshake(format!(
+            "expected hello, got {}",
+            other.name()
+        ))),
+        None => Err(StreamError::Closed),
+    }
 }
 
 fn hello_frame() -> Frame {

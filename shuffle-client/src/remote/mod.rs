@@ -259,11 +259,6 @@ impl RemoteShuffle {
         Self::connect(&urls, options).await
     }
 
-    /// The servers, in placement order.
-    pub fn servers(&self) -> &[String] {
-        &self.inner.urls
-    }
-
     /// Checks that `handle` was placed over this client's servers.
     fn placement_of(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
         match handle.placement() {
@@ -378,14 +373,10 @@ fn shuffle_ref(handle: &ShuffleHandle) -> proto::ShuffleRef {
     }
 }
 
+/// The first server of a shuffle's spread: FNV-1a of (app, shuffle), as
+/// the server's layout places partitions over its data directories.
 fn placement_offset(app: &AppId, shuffle: ShuffleId, servers: usize) -> u32 {
-    let h = app
-        .as_str()
-        .bytes()
-        .chain(shuffle.0.to_le_bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let h = protocol::fnv1a64(app.as_str().bytes().chain(shuffle.0.to_le_bytes()));
     (h % servers.max(1) as u64) as u32
 }
 

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protocol::frame::{FetchRequest, Frame};
-use protocol::{Block, MapRange, PartitionId, ShuffleMode};
+use protocol::{Block, MapRange, PartitionId};
 
 use super::conn::Stream;
 use super::retry::Backoff;
@@ -39,11 +39,6 @@ pub struct RemoteReader {
     /// over, every later call returns the same `Corrupt` error.
     corrupt: Option<String>,
     stats: ReadStats,
-}
-
-enum Step {
-    Blocks,
-    End,
 }
 
 impl RemoteReader {
@@ -71,7 +66,7 @@ impl RemoteReader {
             pending: VecDeque::new(),
             position: 0,
             done: false,
-            resumable: handle.spec().mode() == ShuffleMode::Blocking,
+            resumable: handle.spec().mode().resumes_by_position(),
             backoff,
             corrupt: None,
             stats: ReadStats::default(),
@@ -114,7 +109,8 @@ impl RemoteReader {
         Ok(())
     }
 
-    async fn step(&mut self) -> Result<Step, ClientError> {
+    /// Receives one frame of the stream (opening it first if needed).
+    async fn step(&mut self) -> Result<(), ClientError> {
         let server = self.inner.servers[self.server].clone();
         let timeout = self.inner.options.request_timeout;
         let frame = match self.stream.as_mut() {
@@ -145,7 +141,7 @@ impl RemoteReader {
                     });
                 }
                 self.pending.extend(f.blocks);
-                Ok(Step::Blocks)
+                Ok(())
             }
             Some(Frame::FetchEnd(end)) => {
                 if end.total_blocks != self.position {
@@ -158,7 +154,7 @@ impl RemoteReader {
                 if let Some(stream) = self.stream.take() {
                     server.data.give_back(stream);
                 }
-                Ok(Step::End)
+                Ok(())
             }
             Some(Frame::Error(e)) => {
                 self.stream = None;

@@ -8,6 +8,10 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use protocol::ProtocolError;
+
+use crate::ClientError;
+
 /// How a QUIC client decides to trust a server.
 #[derive(Clone, Debug, Default)]
 pub enum QuicTrust {
@@ -21,27 +25,43 @@ pub enum QuicTrust {
 }
 
 impl QuicTrust {
-    /// Parses a fingerprint as 64 hex digits (colons allowed).
-    pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    /// Parses a fingerprint as 64 hex digits (colons allowed). A bad one
+    /// is [`ClientError::InvalidArgument`].
+    pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ClientError> {
+        let bad = |reason: String| {
+            ClientError::InvalidArgument(ProtocolError::Malformed {
+                what: "certificate fingerprint",
+                reason,
+            })
+        };
         let hex: String = text.chars().filter(|c| *c != ':').collect();
-        if hex.len() != 64 {
-            return Err(format!("{text:?} is not a SHA-256 fingerprint (64 hex digits)"));
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(bad(format!(
+                "{text:?} is not a SHA-256 fingerprint (64 hex digits)"
+            )));
         }
         let mut out = [0u8; 32];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{text:?} is not hexadecimal"))?;
+                .map_err(|_| bad(format!("{text:?} is not hexadecimal")))?;
         }
         Ok(out)
     }
 
-    /// Reads PEM certificates to trust as roots.
-    pub fn roots_from_pem(pem: &[u8]) -> Result<Self, String> {
+    /// Reads PEM certificates to trust as roots. Unreadable PEM, or none
+    /// in it, is [`ClientError::InvalidArgument`].
+    pub fn roots_from_pem(pem: &[u8]) -> Result<Self, ClientError> {
+        let bad = |reason: String| {
+            ClientError::InvalidArgument(ProtocolError::Malformed {
+                what: "PEM certificates",
+                reason,
+            })
+        };
         let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
-            return Err("no certificate in the PEM data".into());
+            return Err(bad("no certificate in the PEM data".into()));
         }
         Ok(QuicTrust::Roots(certs))
     }
@@ -144,11 +164,17 @@ mod tests {
     #[test]
     fn fingerprints_parse() {
         let hex = "ab".repeat(32);
-        assert_eq!(QuicTrust::parse_fingerprint(&hex), Ok([0xab; 32]));
+        assert_eq!(QuicTrust::parse_fingerprint(&hex).expect("valid"), [0xab; 32]);
         let colons: Vec<String> = (0..32).map(|_| "AB".to_string()).collect();
-        assert_eq!(QuicTrust::parse_fingerprint(&colons.join(":")), Ok([0xab; 32]));
-        assert!(QuicTrust::parse_fingerprint("abc").is_err());
-        assert!(QuicTrust::parse_fingerprint(&"zz".repeat(32)).is_err());
+        assert_eq!(
+            QuicTrust::parse_fingerprint(&colons.join(":")).expect("valid"),
+            [0xab; 32]
+        );
+        for bad in ["abc".to_string(), "zz".repeat(32), "é".repeat(32)] {
+            let e = QuicTrust::parse_fingerprint(&bad).expect_err("refused");
+            assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        }
+        assert!(QuicTrust::roots_from_pem(b"not pem").is_err());
         assert!(client_crypto(&QuicTrust::None, b"x").is_err());
     }
 }

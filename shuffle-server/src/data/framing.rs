@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use protocol::frame::{Frame, FrameCodec};
-use protocol::ProtocolError;
+use protocol::{ProtocolError, ServiceError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::{error_frame, Transport};
 use crate::budget::Credit;
 use crate::state::{InFlightGuard, Shared};
 
@@ -288,4 +289,44 @@ fn truncated(len: u32, got: usize) -> ReadError {
         available: got as u64,
     }
     .into()
+}
+
+impl ReadError {
+    /// Logs and counts a connection closed for this error.
+    pub(crate) fn record(&self, shared: &Shared, transport: Transport, peer: std::net::SocketAddr) {
+        let reason = match self {
+            ReadError::Protocol(_) => "malformed",
+            ReadError::Io(_) => "connection",
+            ReadError::Slow(_) => "busy",
+            ReadError::Idle(_) => {
+                tracing::debug!(%peer, transport = transport.label(), "closing connection: {self}");
+                return;
+            }
+        };
+        tracing::warn!(%peer, transport = transport.label(), "closing connection: {self}");
+        shared
+            .metrics
+            .rejected_requests
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// The error frame the peer gets before the connection closes, if any.
+    pub(crate) fn frame(&self) -> Option<Frame> {
+        match self {
+            ReadError::Protocol(p) => Some(error_frame(
+                0,
+                ServiceError::Malformed {
+                    reason: p.to_string(),
+                },
+            )),
+            ReadError::Slow(reason) => Some(error_frame(
+                0,
+                ServiceError::Busy {
+                    reason: reason.clone(),
+                },
+            )),
+            ReadError::Io(_) | ReadError::Idle(_) => None,
+        }
+    }
 }

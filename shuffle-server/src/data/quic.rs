@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
+use protocol::frame::{Frame, FrameCodec};
 use protocol::ServiceError;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 
 use super::{
-    encode, error_frame, handle_push, read_frame, serve_fetch, FrameSink, Idle, ReadError, Received,
-    Transport,
+    encode, error_frame, handle_push, hello_reply, read_frame, serve_fetch, FrameSink, Idle, ReadError,
+    Received, Transport,
 };
 use crate::budget::Credit;
 use crate::state::Shared;
@@ -191,23 +191,14 @@ async fn request(
     match frame {
         Frame::Hello(h) => {
             drop(credit);
-            let reply = if h.protocol_version == PROTOCOL_VERSION {
-                Frame::Hello(Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                    grpc_port: shared.grpc_port,
-                    max_frame_len: shared.config.max_frame_len,
-                })
-            } else {
+            let reply = hello_reply(shared, &h).unwrap_or_else(|e| {
                 error_frame(
                     0,
                     ServiceError::Malformed {
-                        reason: format!(
-                            "protocol version {} is not {PROTOCOL_VERSION}",
-                            h.protocol_version
-                        ),
+                        reason: e.to_string(),
                     },
                 )
-            };
+            });
             sink.send(encode(&reply), None).await?;
         }
         Frame::PushBlocks(push) => {

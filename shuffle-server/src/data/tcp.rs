@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::frame::{Frame, FrameCodec, Hello, PROTOCOL_VERSION};
+use protocol::frame::{Frame, FrameCodec};
 use protocol::ServiceError;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    encode, error_frame, handle_push, read_frame, serve_fetch, write_segments, FrameSink, Idle, ReadError,
-    Received, Transport,
+    encode, error_frame, handle_push, hello_reply, read_frame, serve_fetch, write_segments, FrameSink, Idle,
+    ReadError, Received, Transport,
 };
 use crate::budget::Credit;
 use crate::state::{ConnSlot, Shared};
@@ -168,23 +168,9 @@ async fn requests(
         other => other?.map(|received| received.frame),
     };
     match hello {
-        Some(Frame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
-            let reply = Frame::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                grpc_port: shared.grpc_port,
-                max_frame_len: shared.config.max_frame_len,
-            });
-            outbox.clone().send(encode(&reply), None).await?;
-        }
         Some(Frame::Hello(h)) => {
-            return Err(protocol::ProtocolError::Malformed {
-                what: "hello",
-                reason: format!(
-                    "protocol version {} is not {PROTOCOL_VERSION}",
-                    h.protocol_version
-                ),
-            }
-            .into())
+            let reply = hello_reply(shared, &h)?;
+            outbox.clone().send(encode(&reply), None).await?;
         }
         Some(other) => {
             return Err(protocol::ProtocolError::Malformed {

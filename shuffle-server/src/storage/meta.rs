@@ -16,8 +16,7 @@ use protocol::{
     AppId, AttemptId, CommitManifest, MapId, PartitionId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec,
 };
 
-use super::partition::IndexEntry;
-use super::reader::PlannedBlock;
+use super::index::{IndexEntry, PlannedBlock};
 
 /// First four bytes of a meta file.
 pub(crate) const META_MAGIC: [u8; 4] = *b"RSSM";

@@ -24,18 +24,9 @@ use protocol::block::BLOCK_HEADER_LEN;
 use protocol::{AppId, AttemptId, Block, MapId, PartitionId, ShuffleId};
 
 use super::disks::Disks;
+use super::index::{IndexEntry, PlannedBlock};
 use super::layout::partition_file_name;
 use crate::ServerError;
-
-/// Where one block lives in its partition file.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct IndexEntry {
-    pub offset: u64,
-    /// Header plus payload.
-    pub len: u32,
-    /// CRC32C of the payload, as verified when the block was written.
-    pub crc: u32,
-}
 
 type IndexKey = (MapId, AttemptId, u32);
 
@@ -68,7 +59,7 @@ pub(crate) struct PartitionFile {
 impl PartitionFile {
     /// A partition of a sealed shuffle restored at start-up: `len` is the
     /// file's size on disk, `blocks` the committed blocks from the meta.
-    pub(crate) fn restored(place: Option<Place>, len: u64, blocks: &[super::reader::PlannedBlock]) -> Self {
+    pub(crate) fn restored(place: Option<Place>, len: u64, blocks: &[PlannedBlock]) -> Self {
         PartitionFile {
             place,
             file: None,

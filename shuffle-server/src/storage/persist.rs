@@ -36,7 +36,6 @@ use protocol::{AppId, PartitionId, ShuffleId};
 use super::layout::{parse_partition_file_name, parse_shuffle_dir_name, Layout, QUARANTINE_DIR};
 use super::meta::{self, SealedMeta};
 use super::partition::Place;
-use super::shuffle::ShuffleState;
 use crate::ServerError;
 
 /// The meta file of a sealed shuffle, in each of its folders.
@@ -77,10 +76,18 @@ pub struct RecoveryReport {
     pub ignored: Vec<PathBuf>,
 }
 
+/// A sealed shuffle found on disk: its meta, and where each partition's
+/// file was found with its length. The store builds its state from it.
+#[derive(Debug)]
+pub(crate) struct RestoredShuffle {
+    pub meta: SealedMeta,
+    pub files: HashMap<PartitionId, (Place, u64)>,
+}
+
 /// What recovery hands to the store.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
-    pub shuffles: Vec<ShuffleState>,
+    pub shuffles: Vec<RestoredShuffle>,
     /// Bytes of restored files per data directory.
     pub bytes_by_dir: BTreeMap<usize, u64>,
     pub report: RecoveryReport,
@@ -139,7 +146,7 @@ pub(crate) fn remove_meta(dir: &Path) {
 
 /// Scans every data directory (see the module docs for what becomes of
 /// each shuffle found).
-pub(crate) fn recover(layout: &Layout, fsync_on_seal: bool) -> Result<Recovered, ServerError> {
+pub(crate) fn recover(layout: &Layout) -> Result<Recovered, ServerError> {
     let mut out = Recovered::default();
     let mut found: BTreeMap<(AppId, ShuffleId), Vec<(usize, PathBuf)>> = BTreeMap::new();
     let mut app_dirs = Vec::new();
@@ -189,8 +196,7 @@ pub(crate) fn recover(layout: &Layout, fsync_on_seal: bool) -> Result<Recovered,
                 for (place, len) in files.values() {
                     *out.bytes_by_dir.entry(place.dir).or_insert(0) += len;
                 }
-                out.shuffles
-                    .push(ShuffleState::restore(meta, files, fsync_on_seal));
+                out.shuffles.push(RestoredShuffle { meta, files });
                 out.report.restored.push((app, shuffle));
             }
             Verdict::Newer(reason) => {

@@ -1,28 +1,16 @@
 //! Reading a sealed partition: the planned blocks, served from an mmap of
 //! the partition file and verified one by one.
 
-use protocol::ServiceError;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::{AttemptId, Block, BlockId, MapId, PartitionId, ShuffleId};
+use protocol::{Block, BlockId, PartitionId, ShuffleId};
 
-use super::partition::IndexEntry;
-use super::Counters;
+use super::counters::Counters;
+use super::index::{verify_block, PlannedBlock};
 use crate::ServerError;
-use protocol::ChecksumSite;
-
-/// One block a reader will return, in order (also what a sealed shuffle's
-/// meta file records per partition).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct PlannedBlock {
-    pub map: MapId,
-    pub attempt: AttemptId,
-    pub seq: u32,
-    pub entry: IndexEntry,
-}
 
 /// Streams one partition's committed blocks, for a range of maps, in
 /// (map, seq) order. Every block is checked against the index (identity,
@@ -112,11 +100,6 @@ impl PartitionReader {
         self.next as u64
     }
 
-    /// Bytes (headers and payloads) of the whole stream.
-    pub fn total_bytes(&self) -> u64 {
-        self.plan.iter().map(|b| u64::from(b.entry.len)).sum()
-    }
-
     /// Continues from stream position `index` (for a resumed fetch).
     pub fn seek(&mut self, index: u64) {
         self.next = usize::try_from(index).unwrap_or(usize::MAX).min(self.plan.len());
@@ -140,39 +123,4 @@ impl PartitionReader {
         self.next += 1;
         Ok(Some(block))
     }
-}
-
-/// Decodes the bytes of one stored block and checks them against the index:
-/// identity, the CRC recorded at write time, and the payload's CRC32C.
-pub(crate) fn verify_block(
-    mut data: Bytes,
-    expected: BlockId,
-    entry: IndexEntry,
-    path: &std::path::Path,
-    counters: &Counters,
-) -> Result<Block, ServerError> {
-    let corrupt = |reason: String| ServerError::CorruptFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let start = entry.offset;
-    let block =
-        Block::decode(&mut data).map_err(|e| corrupt(format!("block {expected} at offset {start}: {e}")))?;
-    if block.id() != expected {
-        return Err(corrupt(format!(
-            "offset {start} holds block {} instead of {expected}",
-            block.id()
-        )));
-    }
-    let actual = crc32c::crc32c(&block.payload);
-    if actual != entry.crc || actual != block.header.crc {
-        counters.checksum_mismatch();
-        return Err(ServerError::Service(ServiceError::ChecksumMismatch {
-            block: expected,
-            expected: entry.crc,
-            actual,
-            site: ChecksumSite::Stored,
-        }));
-    }
-    Ok(block)
 }

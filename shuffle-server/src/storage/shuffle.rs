@@ -20,33 +20,21 @@ use protocol::ServiceError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use protocol::{
     AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
 };
 
 use super::disks::Disks;
+use super::index::{index_lost, PlannedBlock};
+use super::locks::{lock, rlock, wlock};
 use super::meta::{self, SealedMeta};
 use super::partition::{PartitionFile, Place, Target};
 use super::persist;
-use super::reader::PlannedBlock;
-use super::streaming::StreamPart;
+use super::stream_index::StreamPart;
+use super::try_all::try_all;
 use crate::ServerError;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind (indexes, counts)
-    // that is still consistent at every await-free step; keep serving.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(PoisonError::into_inner)
-}
 
 #[derive(Debug)]
 pub(crate) struct Committed {
@@ -602,35 +590,12 @@ impl ShuffleState {
 
     /// Flushes every partition file that has an open append handle.
     pub(crate) fn sync_open_files(&self, disks: &Disks) -> Result<(), ServerError> {
-        let mut first_error = None;
-        for f in self.all_files() {
-            if let Err(e) = lock(&f).sync_open(disks) {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        try_all(self.all_files(), |f| lock(&f).sync_open(disks))
     }
 
     pub(crate) fn close_files(&self, disks: &Disks) {
         for f in self.all_files() {
             lock(&f).close(disks);
         }
-    }
-}
-
-/// The index of a partition lacks a committed block (a bug or memory
-/// corruption: every commit checked its blocks were there). The one form of
-/// that error, wherever it is found.
-pub(crate) fn index_lost(
-    path: PathBuf,
-    partition: PartitionId,
-    block: Option<(MapId, AttemptId, u32)>,
-) -> ServerError {
-    ServerError::CorruptFile {
-        path,
-        reason: match block {
-            Some((map, attempt, seq)) => format!("index lost {map} {attempt} seq {seq} of {partition}"),
-            None => format!("index of {partition} lost"),
-        },
     }
 }

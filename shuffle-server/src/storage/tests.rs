@@ -1,7 +1,16 @@
-use super::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
 use proptest::prelude::*;
-use protocol::ServiceError;
-use protocol::{records, BlockId, ShuffleMode};
+use protocol::{
+    records, AppId, AttemptId, Block, BlockId, ChecksumSite, CommitManifest, MapId, MapRange, PartitionId,
+    ServiceError, ShuffleId, ShuffleMode, ShuffleSpec,
+};
+
+use super::*;
+use crate::ServerError;
 
 mod failed_appends;
 mod recovery;
@@ -52,7 +61,7 @@ fn folders(store: &Store, shuffle: ShuffleId) -> Vec<PathBuf> {
 fn partition_path(store: &Store, shuffle: ShuffleId, partition: u32) -> PathBuf {
     let state = store.shuffle(&app(), shuffle).expect("registered");
     let file = state.file(PartitionId(partition)).expect("written");
-    let path = shuffle::lock(&file).place().expect("placed").path.clone();
+    let path = locks::lock(&file).place().expect("placed").path.clone();
     path
 }
 

@@ -146,7 +146,7 @@ proptest! {
                 prop_assert_eq!(read_records(&store, s, p, 2), want);
                 let state = store.shuffle(&app(), ShuffleId(s)).expect("registered");
                 if let Some(file) = state.file(PartitionId(p)) {
-                    let file = shuffle::lock(&file);
+                    let file = locks::lock(&file);
                     if let Some(place) = file.place() {
                         prop_assert_eq!(file_len(&place.path), file.len(), "no hole, no tail");
                     }

@@ -1,6 +1,6 @@
-//! Streaming shuffles (pipelined, hybrid-full, hybrid-selective) on top of
-//! the stream index: where each pushed block goes, the spill sweep, and
-//! [`StreamReader`], the reader that attaches any time after register.
+//! The push side of streaming shuffles (pipelined, hybrid-full,
+//! hybrid-selective) on top of the stream index: where each pushed block
+//! goes, and the spill sweep. Readers are in `stream_read.rs`.
 //!
 //! Backpressure and memory rules, each kept by the code beside it:
 //!
@@ -21,33 +21,18 @@
 //!   full of the very blocks it would consume would deadlock.
 
 use protocol::ServiceError;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use protocol::{AttemptId, Block, BlockId, MapId, MapRange, PartitionId, ShuffleMode, SpillStrategy};
-use tokio::sync::Notify;
+use protocol::{AttemptId, Block, MapId, ShuffleMode, SpillStrategy};
 
 use super::disks::Disks;
-use super::reader::verify_block;
-use super::shuffle::{index_lost, lock, ShuffleState};
-use super::stream::{Cursor, Held, MemoryGauge, Slot, Source, Step, StreamIndex};
-use super::Counters;
+use super::locks::lock;
+use super::shuffle::ShuffleState;
+use super::stream_index::{Held, MemoryGauge, Slot, StreamIndex};
 use crate::budget::{Credit, MemoryBudget};
 use crate::ServerError;
-
-/// One partition's stream index and the readers waiting on it.
-#[derive(Debug, Default)]
-pub(crate) struct StreamPart {
-    pub index: Mutex<StreamIndex>,
-    /// Woken (all waiters) after every change a reader may care about.
-    pub notify: Notify,
-}
 
 /// What streaming pushes need from the store.
 #[derive(Debug)]
@@ -93,7 +78,7 @@ impl ShuffleState {
         disks: &Disks,
     ) -> Result<Vec<(bool, u64)>, ServerError> {
         let mode = self.spec.mode();
-        if mode == ShuffleMode::Pipelined {
+        if mode.memory_only() {
             // Every block kept must be paid for before any is stored, so a
             // push without enough credit stores nothing.
             let needed: u64 = blocks.iter().map(|b| b.encoded_len() as u64).sum();
@@ -223,7 +208,7 @@ impl ShuffleState {
     /// Spills selective blocks and drops full copies older than
     /// `spill_after`; returns the bytes written.
     pub(crate) fn sweep(&self, now: Instant, env: &StreamEnv, disks: &Disks) -> Result<u64, ServerError> {
-        if !self.streams() || self.spec.mode() == ShuffleMode::Pipelined || self.is_removed() {
+        if !self.streams() || self.spec.mode().memory_only() || self.is_removed() {
             return Ok(0);
         }
         let Some(cutoff) = now.checked_sub(env.spill_after) else {
@@ -252,151 +237,5 @@ impl ShuffleState {
             part.notify.notify_waiters();
         }
         Ok(written)
-    }
-}
-
-/// A block handed out by a [`StreamReader`], with the budget credit that
-/// paid for it in memory (drop it once the block is written out).
-#[derive(Debug)]
-pub struct StreamBlock {
-    pub block: Block,
-    pub credit: Option<Credit>,
-}
-
-/// Reads one partition of a streaming shuffle while producers still push:
-/// per map, the blocks of one attempt in seq order (see `stream.rs`), from
-/// memory or from the partition file; ends once every map in range
-/// committed and was delivered.
-#[derive(Debug)]
-pub struct StreamReader {
-    state: Arc<ShuffleState>,
-    part: Arc<StreamPart>,
-    partition: PartitionId,
-    cursor: Cursor,
-    file: Option<File>,
-    counters: Arc<Counters>,
-}
-
-impl StreamReader {
-    pub(crate) fn open(
-        state: Arc<ShuffleState>,
-        partition: PartitionId,
-        maps: MapRange,
-        counters: Arc<Counters>,
-    ) -> Result<Self, ServerError> {
-        let part = state.stream_part(partition)?;
-        lock(&part.index).check_open(partition, maps)?;
-        Ok(StreamReader {
-            cursor: Cursor::new(maps),
-            part,
-            state,
-            partition,
-            file: None,
-            counters,
-        })
-    }
-
-    /// Blocks delivered so far.
-    pub fn delivered(&self) -> u64 {
-        self.cursor.delivered()
-    }
-
-    /// The next block if one is deliverable now; `Ready(None)` at the end.
-    pub fn try_next(&mut self) -> Result<Poll<Option<StreamBlock>>, ServerError> {
-        let state = self.state.clone();
-        let part = self.part.clone();
-        let step = {
-            let mut index = lock(&part.index);
-            if state.is_removed() {
-                return Err(ServerError::Service(ServiceError::UnknownShuffle {
-                    app: state.app.clone(),
-                    shuffle: state.id,
-                }));
-            }
-            index.next(self.partition, &mut self.cursor)?
-        };
-        match step {
-            Step::End => Ok(Poll::Ready(None)),
-            Step::Wait => Ok(Poll::Pending),
-            Step::Deliver {
-                map,
-                attempt,
-                seq,
-                source,
-            } => {
-                let block = match source {
-                    Source::Memory(block, credit) => {
-                        // Other readers of the map may now find it gone.
-                        part.notify.notify_waiters();
-                        return Ok(Poll::Ready(Some(StreamBlock { block, credit })));
-                    }
-                    Source::Disk => self.read_disk(map, attempt, seq)?,
-                };
-                Ok(Poll::Ready(Some(StreamBlock { block, credit: None })))
-            }
-        }
-    }
-
-    /// The next block, waiting for producers as long as needed; `None` at
-    /// the end. Cancel-safe: it only waits between steps.
-    pub async fn next_block(&mut self) -> Result<Option<StreamBlock>, ServerError> {
-        let part = self.part.clone();
-        loop {
-            let notified = part.notify.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a change in between wakes us.
-            notified.as_mut().enable();
-            if let Poll::Ready(next) = self.try_next()? {
-                return Ok(next);
-            }
-            notified.await;
-        }
-    }
-
-    fn read_disk(&mut self, map: MapId, attempt: AttemptId, seq: u32) -> Result<Block, ServerError> {
-        let file = self
-            .state
-            .file(self.partition)
-            .ok_or_else(|| index_lost(PathBuf::from("-"), self.partition, Some((map, attempt, seq))))?;
-        let (path, entry) = {
-            let file = lock(&file);
-            let found = file.lookup(map, attempt, seq).zip(file.place());
-            let Some((entry, place)) = found else {
-                return Err(ServerError::CorruptFile {
-                    path: file.describe(),
-                    reason: format!("index lost {map} {attempt} seq {seq} of {}", self.partition),
-                });
-            };
-            (place.path.clone(), entry)
-        };
-        if self.file.is_none() {
-            self.file = Some(File::open(&path).map_err(ServerError::io("open", &path))?);
-        }
-        let Some(file) = &self.file else {
-            return Err(ServerError::io("open", &path)(
-                std::io::ErrorKind::NotFound.into(),
-            ));
-        };
-        // The file still grows while it is read: a positioned read of the
-        // indexed range, not an mmap of a length fixed at open.
-        let mut buf = vec![0u8; entry.len as usize];
-        file.read_exact_at(&mut buf, entry.offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                ServerError::CorruptFile {
-                    path: path.clone(),
-                    reason: format!("file ends before block {map} {attempt} seq {seq}"),
-                }
-            } else {
-                ServerError::io("read", &path)(e)
-            }
-        })?;
-        let expected = BlockId {
-            shuffle: self.state.id,
-            map,
-            attempt,
-            partition: self.partition,
-            seq,
-        };
-        verify_block(Bytes::from(buf), expected, entry, &path, &self.counters)
     }
 }

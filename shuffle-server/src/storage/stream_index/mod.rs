@@ -18,13 +18,23 @@
 use protocol::ServiceError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::{AttemptId, Block, MapId, MapRange, PartitionId};
 
+use tokio::sync::Notify;
+
 use crate::budget::Credit;
 use crate::ServerError;
+
+/// One partition's stream index and the readers waiting on it.
+#[derive(Debug, Default)]
+pub(crate) struct StreamPart {
+    pub index: Mutex<StreamIndex>,
+    /// Woken (all waiters) after every change a reader may care about.
+    pub notify: Notify,
+}
 
 /// Bytes of streaming blocks held in memory by one store, and the most
 /// ever held at once.
@@ -391,5 +401,4 @@ fn visit(
 }
 
 #[cfg(test)]
-#[path = "stream_tests.rs"]
 mod tests;
