@@ -3,7 +3,7 @@
 //!
 //! * [`run_job`]: the coordinator's entry (the `engine run` command).
 //! * [`worker::run_worker`]: a worker process (`engine worker`).
-//! * `scheduler.rs`: per-mode scheduling and failure recovery;
+//! * `scheduler/`: per-mode scheduling and failure recovery;
 //!   `executor.rs`: in-process or remote execution; `pool.rs`: worker
 //!   processes; `wire.rs`: the coordinator–worker protocol.
 
@@ -11,8 +11,6 @@ pub mod clients;
 mod executor;
 mod pool;
 mod scheduler;
-#[cfg(test)]
-mod scheduler_tests;
 pub mod service;
 pub mod wire;
 pub mod worker;

@@ -8,9 +8,9 @@ use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, SpillStrategy};
 use shuffle_client::{EmbeddedShuffle, ShuffleHandle};
 use tokio::sync::mpsc;
 
-use super::executor::{Event, Executor};
-use super::scheduler::{ScheduleOutcome, SchedulePolicy, Scheduler, WorkerSlots};
-use super::wire::{FailureClass, TaskFailure, TaskKey};
+use super::{ScheduleOutcome, SchedulePolicy, Scheduler, WorkerSlots};
+use crate::cluster::executor::{Event, Executor};
+use crate::cluster::wire::{FailureClass, TaskFailure, TaskKey};
 use crate::jobs::terasort::{job, TerasortParams};
 use crate::plan::{Job, TaskOutput};
 use crate::progress::{Progress, ProgressMode};

@@ -21,11 +21,14 @@ use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec, Spill
 use shuffle_client::{ShuffleClient, ShuffleHandle};
 use tokio::sync::mpsc;
 
-use super::executor::{Event, Executor};
-use super::wire::{Counts, FailureClass, TaskFailure, TaskKey};
+use crate::cluster::executor::{Event, Executor};
+use crate::cluster::wire::{Counts, FailureClass, TaskFailure, TaskKey};
 use crate::plan::{Job, StageId, TaskOutput};
 use crate::progress::{Progress, StageProgress};
 use crate::EngineError;
+
+#[cfg(test)]
+mod tests;
 
 /// How the scheduler behaves.
 #[derive(Clone, Debug)]
