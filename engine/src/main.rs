@@ -18,8 +18,8 @@ use engine::jobfile::{size_value, JobFile};
 use engine::jobs::{JobSpec, Registry};
 use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
-use engine::units::{human_bytes, parse_duration, parse_size};
 use serde_json::{json, Map, Value};
+use shuffle_client::protocol::units::{human_bytes, parse_duration, parse_size};
 use shuffle_client::protocol::ShuffleMode;
 use shuffle_client::WriterOptions;
 

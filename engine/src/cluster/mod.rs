@@ -10,7 +10,7 @@
 pub mod clients;
 mod executor;
 mod pool;
-mod scheduler;
+pub(crate) mod scheduler;
 pub mod service;
 pub mod wire;
 pub mod worker;
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shuffle_client::embedded::EmbeddedOptions;
+use shuffle_client::protocol::units::human_bytes;
 use shuffle_client::protocol::{AppId, ShuffleMode};
 use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
 use tokio::sync::mpsc;
@@ -28,12 +29,12 @@ use self::clients::SlowReads;
 use self::executor::{LocalExecutor, RemoteExecutor};
 pub use self::pool::WorkerSource;
 pub use self::scheduler::SchedulePolicy;
-use self::scheduler::{ScheduleOutcome, Scheduler, WorkerSlots};
+use self::scheduler::{Runners, Scheduler, SchedulerContext, WorkerSlots};
 use self::wire::{CoordinatorMsg, ServiceSpec};
+use crate::dataflow::Job;
 use crate::jobs::{JobSpec, Registry};
-use crate::plan::Job;
 use crate::progress::Progress;
-use crate::report::{JobReport, StageReport};
+use crate::report::{report_of, stored_bytes, JobReport};
 use crate::EngineError;
 
 /// Where the shuffle service is.
@@ -97,8 +98,8 @@ pub async fn run_job(
                 what: "memory_budget",
                 reason: format!(
                     "{} is too small: the embedded service needs at least 2 MiB and four blocks ({} each)",
-                    crate::units::human_bytes(*memory_budget),
-                    crate::units::human_bytes(block)
+                    human_bytes(*memory_budget),
+                    human_bytes(block)
                 ),
             });
         }
@@ -203,10 +204,22 @@ async fn in_process<C: ShuffleClient>(
     label: String,
 ) -> Result<JobReport, EngineError> {
     let client = Arc::new(SlowReads::new(client, config.read_delay));
-    let (tx, rx) = mpsc::unbounded_channel();
-    let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
-    let workers = vec![WorkerSlots::new(slots.max(1))];
-    drive(job, client, app, config, exec, rx, workers, label, 0.0).await
+    let (tx, events) = mpsc::unbounded_channel();
+    let runners = Runners {
+        exec: LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx),
+        events,
+        workers: vec![WorkerSlots::new(slots.max(1))],
+    };
+    drive(DriveContext {
+        job,
+        client,
+        app,
+        config,
+        runners,
+        label,
+        startup_seconds: 0.0,
+    })
+    .await
 }
 
 async fn on_workers(
@@ -234,53 +247,78 @@ async fn on_workers(
         progress_every: config.progress_every,
         read_delay: config.read_delay,
     };
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::unbounded_channel();
     let progress = config.progress.clone();
     let say = move |m: String| progress.say(m);
     let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
-    let workers = pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect();
-    let exec = RemoteExecutor {
-        workers: pool.senders.clone(),
+    let runners = Runners {
+        exec: RemoteExecutor {
+            workers: pool.senders.clone(),
+        },
+        events,
+        workers: pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
     };
-    let startup = started.elapsed().as_secs_f64();
-    let result = drive(job, client, app, config, exec, rx, workers, label, startup).await;
+    let startup_seconds = started.elapsed().as_secs_f64();
+    let result = drive(DriveContext {
+        job,
+        client,
+        app,
+        config,
+        runners,
+        label,
+        startup_seconds,
+    })
+    .await;
     pool.shutdown().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive<C: ShuffleClient, E: executor::Executor>(
-    job: &Job,
+/// A job ready to be scheduled: what [`drive`] runs, reports and releases.
+struct DriveContext<'a, C, E> {
+    job: &'a Job,
     client: Arc<C>,
     app: AppId,
-    config: &RunConfig,
-    exec: E,
-    events: mpsc::UnboundedReceiver<executor::Event>,
-    workers: Vec<WorkerSlots>,
+    config: &'a RunConfig,
+    runners: Runners<E>,
+    /// The report's `shuffle`: `embedded` or the server URLs.
     label: String,
+    /// The report's `startup_seconds`: starting the workers.
     startup_seconds: f64,
+}
+
+/// Schedules the job to the end, validates it, releases its app on the
+/// shuffle service and reports.
+async fn drive<C: ShuffleClient, E: executor::Executor>(
+    ctx: DriveContext<'_, C, E>,
 ) -> Result<JobReport, EngineError> {
+    let DriveContext {
+        job,
+        client,
+        app,
+        config,
+        runners,
+        label,
+        startup_seconds,
+    } = ctx;
     let worker_count = match config.executors {
         Executors::InProcess { .. } => 0,
-        Executors::Workers { .. } => workers.len() as u32,
+        Executors::Workers { .. } => runners.workers.len() as u32,
     };
-    let slots = workers.iter().map(|w| w.slots).sum();
+    let slots = runners.workers.iter().map(|w| w.slots).sum();
     let policy = SchedulePolicy {
         mode: config.mode,
         max_attempts: config.max_attempts,
         tick: config.progress_every,
     };
     let started = Instant::now();
-    let scheduler = Scheduler::new(
+    let scheduler = Scheduler::new(SchedulerContext {
         job,
-        &*client,
-        app.clone(),
+        client: &*client,
+        app: app.clone(),
         policy,
-        exec,
-        events,
-        workers,
-        &config.progress,
-    );
+        runners,
+        progress: &config.progress,
+    });
     let outcome = scheduler.run().await;
     let report = match outcome {
         Ok(outcome) => {
@@ -306,64 +344,4 @@ async fn drive<C: ShuffleClient, E: executor::Executor>(
     report.workers = worker_count;
     report.slots = slots;
     Ok(report)
-}
-
-async fn stored_bytes<C: ShuffleClient>(client: &C, outcome: &ScheduleOutcome) -> u64 {
-    let mut total = 0;
-    for h in &outcome.handles {
-        if let Ok(s) = client.shuffle_status(h).await {
-            total += s.stored_bytes;
-        }
-    }
-    total
-}
-
-fn report_of(
-    job: &Job,
-    mode: ShuffleMode,
-    outcome: &ScheduleOutcome,
-    result: crate::plan::JobResult,
-) -> JobReport {
-    let all = outcome.outputs.iter().flatten();
-    let sources: u64 = job
-        .stages()
-        .iter()
-        .zip(&outcome.outputs)
-        .filter(|(s, _)| s.inputs.is_empty())
-        .flat_map(|(_, o)| o.iter().map(|t| t.records_in))
-        .sum();
-    let stages = job
-        .stages()
-        .iter()
-        .zip(&outcome.timings)
-        .map(|(s, t)| StageReport {
-            name: s.name.clone(),
-            tasks: s.tasks,
-            seconds: match (t.started, t.finished) {
-                (Some(a), Some(b)) => b - a,
-                _ => 0.0,
-            },
-            started: t.started,
-            first_input: t.first_input,
-            finished: t.finished,
-        })
-        .collect();
-    let edges = job.edges();
-    JobReport {
-        job: job.name().to_string(),
-        mode: mode.name().to_string(),
-        records_in: sources,
-        records_out: result.records_out,
-        shuffle_bytes_written: all.clone().map(|t| t.bytes_written).sum(),
-        shuffle_bytes_read: all.map(|t| t.bytes_read).sum(),
-        stages,
-        retries: outcome.retries,
-        region_restarts: outcome.region_restarts,
-        maps: edges.first().map_or(0, |e| job.stages()[e.from.0 as usize].tasks),
-        partitions: edges.last().map_or(0, |e| e.partitions),
-        valid: result.valid,
-        problems: result.problems,
-        extra: result.extra,
-        ..JobReport::default()
-    }
 }

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::sink::push_csv_field;
-use crate::dataflow::{Agg, Column, ColumnType, Format, JobBuilder, Select, Sink};
+use crate::dataflow::{Agg, Column, ColumnType, Format, Job, JobBuilder, Select, Sink};
 use crate::jobs::params::at_least_one;
 use crate::jobs::summary::{self, RowsSummary};
 use crate::jobs::{parse_params, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
 /// Group-by's parameters.

@@ -17,13 +17,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec, SpillStrategy};
+use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{ShuffleClient, ShuffleHandle};
 use tokio::sync::mpsc;
 
 use crate::cluster::executor::{Event, Executor};
 use crate::cluster::wire::{Counts, FailureClass, TaskFailure, TaskKey};
-use crate::plan::{Job, StageId, TaskOutput};
+use crate::dataflow::Job;
+use crate::plan::{StageId, TaskOutput};
 use crate::progress::{Progress, StageProgress};
 use crate::EngineError;
 
@@ -102,6 +103,26 @@ pub struct ScheduleOutcome {
     pub handles: Vec<ShuffleHandle>,
 }
 
+/// Where a scheduler's tasks run: the executor, the events it reports and
+/// the workers' slots.
+pub(crate) struct Runners<E> {
+    pub exec: E,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub workers: Vec<WorkerSlots>,
+}
+
+/// What a [`Scheduler`] runs, and with what.
+pub(crate) struct SchedulerContext<'a, C, E> {
+    pub job: &'a Job,
+    /// The shuffle service the job's shuffles are registered with.
+    pub client: &'a C,
+    pub app: AppId,
+    pub policy: SchedulePolicy,
+    pub runners: Runners<E>,
+    /// Where each stage's progress bar comes from.
+    pub progress: &'a Progress,
+}
+
 pub(crate) struct Scheduler<'a, C, E> {
     job: &'a Job,
     client: &'a C,
@@ -122,17 +143,20 @@ pub(crate) struct Scheduler<'a, C, E> {
 }
 
 impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        job: &'a Job,
-        client: &'a C,
-        app: AppId,
-        policy: SchedulePolicy,
-        exec: E,
-        events: mpsc::UnboundedReceiver<Event>,
-        workers: Vec<WorkerSlots>,
-        progress: &Progress,
-    ) -> Self {
+    pub(crate) fn new(ctx: SchedulerContext<'a, C, E>) -> Self {
+        let SchedulerContext {
+            job,
+            client,
+            app,
+            policy,
+            runners:
+                Runners {
+                    exec,
+                    events,
+                    workers,
+                },
+            progress,
+        } = ctx;
         let tasks = job
             .stages()
             .iter()
@@ -251,7 +275,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
     /// Pipelined runs a region's tasks all at once: refuse early rather
     /// than deadlock with producers waiting for consumers that never start.
     fn check_slots(&self) -> Result<(), EngineError> {
-        if self.policy.mode == ShuffleMode::Pipelined && self.total_tasks() > self.live_slots() {
+        if runs_region_at_once(self.policy.mode) && self.total_tasks() > self.live_slots() {
             return Err(EngineError::NotEnoughSlots {
                 mode: self.policy.mode,
                 needed: self.total_tasks(),
@@ -296,20 +320,20 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
 
     /// Whether the tasks of `stage` may start now, by mode.
     fn launchable(&self, stage: usize) -> bool {
-        let producers = self.job.stages()[stage]
+        let mode = self.policy.mode;
+        if runs_region_at_once(mode) {
+            return true;
+        }
+        let mut producers = self.job.stages()[stage]
             .inputs
             .iter()
             .map(|&e| self.job.edges()[e].from);
-        match self.policy.mode {
-            ShuffleMode::Blocking => {
-                let mut p = producers;
-                p.all(|s| self.stage_all(s, |t| matches!(t, TaskState::Done(_))))
-            }
-            ShuffleMode::Pipelined => true,
-            ShuffleMode::Hybrid(_) => {
-                let mut p = producers;
-                p.all(|s| self.stage_all(s, |t| !matches!(t, TaskState::Pending)))
-            }
+        if mode.streams() {
+            // Hybrid: once every producer it reads from has started.
+            producers.all(|s| self.stage_all(s, |t| !matches!(t, TaskState::Pending)))
+        } else {
+            // Blocking: once every producer it reads from has finished.
+            producers.all(|s| self.stage_all(s, |t| matches!(t, TaskState::Done(_))))
         }
     }
 
@@ -460,11 +484,9 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 source: source(),
             });
         }
-        let region_wide = failure.class == FailureClass::InputGone
-            || matches!(
-                self.policy.mode,
-                ShuffleMode::Pipelined | ShuffleMode::Hybrid(SpillStrategy::Selective)
-            );
+        // Unless every block is also on disk (blocking, hybrid-full), blocks
+        // consumers took from memory are gone: the region runs again.
+        let region_wide = failure.class == FailureClass::InputGone || !self.policy.mode.persists_seal();
         let limit = self.policy.max_attempts.max(1);
         if region_wide {
             self.region_restarts += 1;
@@ -538,6 +560,14 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
             self.bars[s].figures(running as u64, read, written);
         }
     }
+}
+
+/// The mode runs every task of a region at once (pipelined: producers
+/// and consumers stream through bounded memory, nothing waits on disk), so
+/// the region needs a slot per task. Not a protocol predicate: it is a
+/// scheduling rule of the engine's.
+fn runs_region_at_once(mode: ShuffleMode) -> bool {
+    mode == ShuffleMode::Pipelined
 }
 
 fn note_on_first(bars: &[std::sync::Arc<StageProgress>], msg: String) {

@@ -10,10 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{generate_row, RangePartitioner, TerasortConfig, KEY_LEN, RECORD_LEN};
-use crate::dataflow::{JobBuilder, Sink, Summary};
+use crate::dataflow::{Job, JobBuilder, Sink, Summary};
 use crate::jobs::params::at_least_one;
 use crate::jobs::{parse_params, summary, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
 /// TeraSort's parameters.

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::for_each_word;
 use crate::dataflow::wide::hash_partition;
-use crate::dataflow::{Agg, JobBuilder, Sink, Summary};
+use crate::dataflow::{Agg, Job, JobBuilder, Sink, Summary};
 use crate::jobs::params::at_least_one;
 use crate::jobs::{parse_params, summary, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
 /// WordCount's parameters.
