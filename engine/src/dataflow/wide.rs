@@ -99,6 +99,17 @@ pub enum Agg {
     Avg,
 }
 
+/// An aggregation by the name JSON and job files use (`sum`, `count`,
+/// `min`, `max`, `avg`).
+impl std::str::FromStr for Agg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        Agg::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    }
+}
+
 fn state_err(len: usize) -> EngineError {
     EngineError::MalformedRecord {
         reason: format!("aggregation state of {len} bytes"),
@@ -508,6 +519,13 @@ mod tests {
             t.add_state(&pair(b"k", &[1, 2, 3])).is_ok(),
             "a state is taken as is"
         );
+    }
+
+    #[test]
+    fn aggregations_parse_by_their_json_names() {
+        assert_eq!("sum".parse::<Agg>(), Ok(Agg::Sum));
+        assert_eq!("avg".parse::<Agg>(), Ok(Agg::Avg));
+        assert!("Sum".parse::<Agg>().is_err_and(|e| e.contains("count")));
     }
 
     #[test]
