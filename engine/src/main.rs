@@ -412,7 +412,7 @@ fn print_report(report: &JobReport) {
         stages.join(", "),
         human_bytes(report.shuffle_bytes_written),
         human_bytes(report.shuffle_bytes_read),
-        human_bytes(report.spilled_bytes)
+        human_bytes(report.stored_bytes)
     );
     if report.retries > 0 || report.region_restarts > 0 {
         println!(

@@ -34,7 +34,7 @@ pub struct JobReport {
     /// Bytes the shuffle service holds on disk for the job's shuffles at
     /// the end (blocking and hybrid-full: everything; hybrid-selective:
     /// what spilled; pipelined: nothing).
-    pub spilled_bytes: u64,
+    pub stored_bytes: u64,
     /// Wall time of the job, from scheduling the first task to the
     /// validated output (worker start-up excluded, see
     /// `startup_seconds`).

@@ -322,11 +322,11 @@ async fn drive<C: ShuffleClient, E: executor::Executor>(
     let outcome = scheduler.run().await;
     let report = match outcome {
         Ok(outcome) => {
-            let spilled = stored_bytes(&*client, &outcome).await;
+            let stored = stored_bytes(&*client, &outcome).await;
             let result = job.finish(&outcome.outputs);
             result.map(|result| {
                 let mut report = report_of(job, config.mode, &outcome, result);
-                report.spilled_bytes = spilled;
+                report.stored_bytes = stored;
                 report
             })
         }
