@@ -278,7 +278,7 @@ fn run(job: Option<JobCmd>, job_file: Option<PathBuf>, flags: CommonArgs) -> Res
     let registry = Registry::builtin();
     let baseline = spec.clone();
     let mut report = runtime(None)?.block_on(run_job(&registry, spec, &config))?;
-    terasort::add_baseline(&baseline, &mut report)?;
+    terasort::add_baseline(&baseline, &mut report.extra)?;
     print_report(&report);
     if json_out {
         println!(

@@ -12,7 +12,8 @@
 //!   region restarts, since blocks consumed from memory are gone.
 //!
 //! The whole job is one region: the built-in jobs are connected graphs,
-//! and the mode is chosen per job.
+//! and the mode is chosen per job. Failures are handled in `recovery.rs`;
+//! `tests.rs` runs the scheduler against a scripted executor.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -22,12 +23,13 @@ use shuffle_client::{ShuffleClient, ShuffleHandle};
 use tokio::sync::mpsc;
 
 use crate::cluster::executor::{Event, Executor};
-use crate::cluster::wire::{Counts, FailureClass, TaskFailure, TaskKey};
+use crate::cluster::wire::{Counts, TaskKey};
 use crate::dataflow::Job;
 use crate::plan::{StageId, TaskOutput};
 use crate::progress::{Progress, StageProgress};
 use crate::EngineError;
 
+mod recovery;
 #[cfg(test)]
 mod tests;
 
@@ -420,28 +422,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 }
             }
             Event::Failed { key, failure } => self.on_failure(key, failure).await?,
-            Event::WorkerLost { worker, reason } => {
-                let Some(w) = self.workers.get_mut(worker) else {
-                    return Ok(());
-                };
-                if !w.alive {
-                    return Ok(());
-                }
-                w.alive = false;
-                let lost: Vec<TaskKey> = w.running.iter().copied().collect();
-                self.bars[0].note(format!(
-                    "worker {worker} lost ({reason}); {} running task(s) will run again",
-                    lost.len()
-                ));
-                for key in lost {
-                    let failure = TaskFailure {
-                        class: FailureClass::Transient,
-                        message: format!("worker {worker} lost: {reason}"),
-                    };
-                    self.on_failure(key, failure).await?;
-                }
-                self.check_slots()?;
-            }
+            Event::WorkerLost { worker, reason } => self.on_worker_lost(worker, reason).await?,
         }
         Ok(())
     }
@@ -456,96 +437,6 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
         if counts.records_in > 0 && timing.first_input.is_none() {
             timing.first_input = Some(now);
         }
-    }
-
-    async fn on_failure(&mut self, key: TaskKey, failure: TaskFailure) -> Result<(), EngineError> {
-        let Some(task) = self.task_mut(key) else {
-            return Ok(()); // a cancelled attempt
-        };
-        let TaskState::Running { worker, .. } = task.state else {
-            return Ok(());
-        };
-        task.state = TaskState::Pending;
-        task.failures += 1;
-        let failures = task.failures;
-        self.workers[worker].running.remove(&key);
-        let stage_name = self.job.stages()[key.stage.0 as usize].name.clone();
-        let source = || {
-            Box::new(EngineError::Remote {
-                class: failure.class,
-                message: failure.message.clone(),
-            })
-        };
-        if failure.class == FailureClass::Permanent {
-            return Err(EngineError::JobTaskFailed {
-                stage: stage_name,
-                task: key.task,
-                attempts: failures,
-                source: source(),
-            });
-        }
-        // Unless every block is also on disk (blocking, hybrid-full), blocks
-        // consumers took from memory are gone: the region runs again.
-        let region_wide = failure.class == FailureClass::InputGone || !self.policy.mode.persists_seal();
-        let limit = self.policy.max_attempts.max(1);
-        if region_wide {
-            self.region_restarts += 1;
-            if self.region_restarts >= limit {
-                return Err(EngineError::TooManyRestarts {
-                    restarts: self.region_restarts,
-                    limit: limit - 1,
-                    last: format!("{stage_name} task {}: {}", key.task, failure.message),
-                });
-            }
-            self.bars[key.stage.0 as usize].note(format!(
-                "{stage_name} task {} failed ({}); restarting the region",
-                key.task, failure.message
-            ));
-            return self.restart_region().await;
-        }
-        if failures >= limit {
-            return Err(EngineError::JobTaskFailed {
-                stage: stage_name,
-                task: key.task,
-                attempts: failures,
-                source: source(),
-            });
-        }
-        self.retries += 1;
-        self.bars[key.stage.0 as usize].note(format!(
-            "{stage_name} task {} attempt {} failed, running it again: {}",
-            key.task, key.attempt, failure.message
-        ));
-        Ok(())
-    }
-
-    fn cancel_all(&mut self) {
-        for (w, worker) in self.workers.iter_mut().enumerate() {
-            for key in std::mem::take(&mut worker.running) {
-                self.exec.cancel(w, key);
-            }
-        }
-    }
-
-    /// Stops every task, replaces the region's shuffles with fresh ones and
-    /// runs every task again (finished ones too: what they produced was
-    /// consumed, or may have been).
-    async fn restart_region(&mut self) -> Result<(), EngineError> {
-        self.cancel_all();
-        for handle in std::mem::take(&mut self.handles) {
-            if let Err(e) = self.client.unregister_shuffle(&handle).await {
-                note_on_first(&self.bars, format!("releasing shuffle {}: {e}", handle.shuffle()));
-            }
-        }
-        self.register_shuffles().await?;
-        for (s, stage) in self.tasks.iter_mut().enumerate() {
-            for task in stage.iter_mut() {
-                task.state = TaskState::Pending;
-                task.counts = Counts::default();
-            }
-            self.bars[s].reset();
-        }
-        Ok(())
     }
 
     fn redraw(&self) {
@@ -568,10 +459,4 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
 /// scheduling rule of the engine's.
 fn runs_region_at_once(mode: ShuffleMode) -> bool {
     mode == ShuffleMode::Pipelined
-}
-
-fn note_on_first(bars: &[std::sync::Arc<StageProgress>], msg: String) {
-    if let Some(bar) = bars.first() {
-        bar.note(msg);
-    }
 }
