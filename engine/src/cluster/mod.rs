@@ -135,6 +135,16 @@ pub async fn run_job(
             temp.path().to_path_buf()
         }
     };
+    let label = match &config.service {
+        ServiceChoice::Embedded { .. } => "embedded".to_string(),
+        ServiceChoice::Servers(service) => service.urls.join(","),
+    };
+    let run = JobRun {
+        job: &job,
+        app,
+        config,
+        label,
+    };
     match (&config.service, &config.executors) {
         (
             ServiceChoice::Embedded {
@@ -145,7 +155,7 @@ pub async fn run_job(
             Executors::InProcess { slots },
         ) => {
             let store = embedded_store(data_dir, *memory_budget, *spill_after)?;
-            in_process(&job, store, *slots, app, config, "embedded".into()).await
+            run.in_process(store, *slots).await
         }
         (
             ServiceChoice::Embedded {
@@ -161,7 +171,7 @@ pub async fn run_job(
                 quic_pins: Vec::new(),
                 quic_ca: None,
             };
-            let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
+            let result = run.on_workers(spec, spec_).await;
             if let Err(e) = served.shutdown().await {
                 config
                     .progress
@@ -171,12 +181,10 @@ pub async fn run_job(
         }
         (ServiceChoice::Servers(service), Executors::InProcess { slots }) => {
             let client = service::connect_remote(service).await?;
-            let label = service.urls.join(",");
-            in_process(&job, client, *slots, app, config, label).await
+            run.in_process(client, *slots).await
         }
         (ServiceChoice::Servers(service), Executors::Workers { .. }) => {
-            let label = service.urls.join(",");
-            on_workers(&job, spec, service.clone(), app, config, label).await
+            run.on_workers(spec, service.clone()).await
         }
     }
 }
@@ -194,154 +202,126 @@ fn embedded_store(
     Ok(EmbeddedShuffle::with_options(options)?)
 }
 
-/// Runs the tasks in this process, at most `slots` at once, with `client`.
-async fn in_process<C: ShuffleClient>(
-    job: &Arc<Job>,
-    client: C,
-    slots: u32,
-    app: AppId,
-    config: &RunConfig,
-    label: String,
-) -> Result<JobReport, EngineError> {
-    let client = Arc::new(SlowReads::new(client, config.read_delay));
-    let (tx, events) = mpsc::unbounded_channel();
-    let runners = Runners {
-        exec: LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx),
-        events,
-        workers: vec![WorkerSlots::new(slots.max(1))],
-    };
-    drive(DriveContext {
-        job,
-        client,
-        app,
-        config,
-        runners,
-        label,
-        startup_seconds: 0.0,
-    })
-    .await
-}
-
-async fn on_workers(
-    job: &Arc<Job>,
-    spec: JobSpec,
-    service: ServiceSpec,
-    app: AppId,
-    config: &RunConfig,
-    label: String,
-) -> Result<JobReport, EngineError> {
-    let Executors::Workers { source, listen } = &config.executors else {
-        return Err(EngineError::Workers {
-            reason: "no workers configured".into(),
-        });
-    };
-    let started = Instant::now();
-    let client = Arc::new(service::connect_remote(&service).await?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(EngineError::io("listen for workers on", listen.to_string()))?;
-    let setup = CoordinatorMsg::Setup {
-        job: spec,
-        service,
-        writer: config.writer_options.into(),
-        progress_every: config.progress_every,
-        read_delay: config.read_delay,
-    };
-    let (tx, events) = mpsc::unbounded_channel();
-    let progress = config.progress.clone();
-    let say = move |m: String| progress.say(m);
-    let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
-    let runners = Runners {
-        exec: RemoteExecutor {
-            workers: pool.senders.clone(),
-        },
-        events,
-        workers: pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
-    };
-    let startup_seconds = started.elapsed().as_secs_f64();
-    let result = drive(DriveContext {
-        job,
-        client,
-        app,
-        config,
-        runners,
-        label,
-        startup_seconds,
-    })
-    .await;
-    pool.shutdown().await;
-    result
-}
-
-/// A job ready to be scheduled: what [`drive`] runs, reports and releases.
-struct DriveContext<'a, C, E> {
-    job: &'a Job,
-    client: Arc<C>,
+/// A job on its way to the scheduler.
+struct JobRun<'a> {
+    job: &'a Arc<Job>,
+    /// The job's app on the shuffle service.
     app: AppId,
     config: &'a RunConfig,
-    runners: Runners<E>,
     /// The report's `shuffle`: `embedded` or the server URLs.
     label: String,
-    /// The report's `startup_seconds`: starting the workers.
-    startup_seconds: f64,
 }
 
-/// Schedules the job to the end, validates it, releases its app on the
-/// shuffle service and reports.
-async fn drive<C: ShuffleClient, E: executor::Executor>(
-    ctx: DriveContext<'_, C, E>,
-) -> Result<JobReport, EngineError> {
-    let DriveContext {
-        job,
-        client,
-        app,
-        config,
-        runners,
-        label,
-        startup_seconds,
-    } = ctx;
-    let worker_count = match config.executors {
-        Executors::InProcess { .. } => 0,
-        Executors::Workers { .. } => runners.workers.len() as u32,
-    };
-    let slots = runners.workers.iter().map(|w| w.slots).sum();
-    let policy = SchedulePolicy {
-        mode: config.mode,
-        max_attempts: config.max_attempts,
-        tick: config.progress_every,
-    };
-    let started = Instant::now();
-    let scheduler = Scheduler::new(SchedulerContext {
-        job,
-        client: &*client,
-        app: app.clone(),
-        policy,
-        runners,
-        progress: &config.progress,
-    });
-    let outcome = scheduler.run().await;
-    let report = match outcome {
-        Ok(outcome) => {
-            let stored = stored_bytes(&*client, &outcome).await;
-            let result = job.finish(&outcome.outputs);
-            result.map(|result| {
-                let mut report = report_of(job, config.mode, &outcome, result);
-                report.stored_bytes = stored;
-                report
-            })
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = client.unregister_app(&app).await {
-        config.progress.say(format!(
-            "warning: releasing the app on the shuffle service failed: {e}"
-        ));
+impl JobRun<'_> {
+    /// Runs the tasks in this process, at most `slots` at once, with
+    /// `client`.
+    async fn in_process<C: ShuffleClient>(self, client: C, slots: u32) -> Result<JobReport, EngineError> {
+        let client = Arc::new(SlowReads::new(client, self.config.read_delay));
+        let (tx, events) = mpsc::unbounded_channel();
+        let runners = Runners {
+            exec: LocalExecutor::new(self.job.clone(), client.clone(), self.config.writer_options, tx),
+            events,
+            workers: vec![WorkerSlots::new(slots.max(1))],
+        };
+        self.drive(client, runners, 0.0).await
     }
-    let mut report = report?;
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    report.startup_seconds = startup_seconds;
-    report.shuffle = label;
-    report.workers = worker_count;
-    report.slots = slots;
-    Ok(report)
+
+    /// Runs the tasks on worker processes that build the job from `spec`
+    /// and reach the shuffle service through `service`.
+    async fn on_workers(self, spec: JobSpec, service: ServiceSpec) -> Result<JobReport, EngineError> {
+        let config = self.config;
+        let Executors::Workers { source, listen } = &config.executors else {
+            return Err(EngineError::Workers {
+                reason: "no workers configured".into(),
+            });
+        };
+        let started = Instant::now();
+        let client = Arc::new(service::connect_remote(&service).await?);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(EngineError::io("listen for workers on", listen.to_string()))?;
+        let setup = CoordinatorMsg::Setup {
+            job: spec,
+            service,
+            writer: config.writer_options.into(),
+            progress_every: config.progress_every,
+            read_delay: config.read_delay,
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        let progress = config.progress.clone();
+        let say = move |m: String| progress.say(m);
+        let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
+        let runners = Runners {
+            exec: RemoteExecutor {
+                workers: pool.senders.clone(),
+            },
+            events,
+            workers: pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
+        };
+        let startup_seconds = started.elapsed().as_secs_f64();
+        let result = self.drive(client, runners, startup_seconds).await;
+        pool.shutdown().await;
+        result
+    }
+
+    /// Schedules the job to the end on `runners`, validates it, releases
+    /// its app on the shuffle service and reports (`startup_seconds`: the
+    /// time it took to start the workers).
+    async fn drive<C: ShuffleClient, E: executor::Executor>(
+        self,
+        client: Arc<C>,
+        runners: Runners<E>,
+        startup_seconds: f64,
+    ) -> Result<JobReport, EngineError> {
+        let JobRun {
+            job,
+            app,
+            config,
+            label,
+        } = self;
+        let worker_count = match config.executors {
+            Executors::InProcess { .. } => 0,
+            Executors::Workers { .. } => runners.workers.len() as u32,
+        };
+        let slots = runners.workers.iter().map(|w| w.slots).sum();
+        let policy = SchedulePolicy {
+            mode: config.mode,
+            max_attempts: config.max_attempts,
+            tick: config.progress_every,
+        };
+        let started = Instant::now();
+        let scheduler = Scheduler::new(SchedulerContext {
+            job,
+            client: &*client,
+            app: app.clone(),
+            policy,
+            runners,
+            progress: &config.progress,
+        });
+        let outcome = scheduler.run().await;
+        let report = match outcome {
+            Ok(outcome) => {
+                let stored = stored_bytes(&*client, &outcome).await;
+                let result = job.finish(&outcome.outputs);
+                result.map(|result| {
+                    let mut report = report_of(job, config.mode, &outcome, result);
+                    report.stored_bytes = stored;
+                    report
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = client.unregister_app(&app).await {
+            config.progress.say(format!(
+                "warning: releasing the app on the shuffle service failed: {e}"
+            ));
+        }
+        let mut report = report?;
+        report.wall_seconds = started.elapsed().as_secs_f64();
+        report.startup_seconds = startup_seconds;
+        report.shuffle = label;
+        report.workers = worker_count;
+        report.slots = slots;
+        Ok(report)
+    }
 }
