@@ -105,7 +105,7 @@ def main():
                         best=min(walls), median=statistics.median(walls),
                         valid=all(r["valid"] for r in ok),
                         startup=statistics.median(r["startup_seconds"] for r in ok),
-                        on_disk=ok[0]["spilled_bytes"],
+                        on_disk=ok[0]["stored_bytes"],
                         generate=statistics.median(gens) if gens else None,
                     )
                 rows.append(row)

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use engine::cluster::worker::serve_if_worker;
 use engine::cluster::{run_job, Executors, RunConfig, ServiceChoice, WorkerSource};
-use engine::dataflow::{Agg, JobBuilder, Sink};
+use engine::dataflow::{Agg, Job, JobBuilder, Sink};
 use engine::jobs::{parse_params, JobSpec, Registry};
-use engine::plan::{Job, JobResult};
+use engine::plan::JobResult;
 use engine::progress::{Progress, ProgressMode};
 use engine::EngineError;
 use serde::{Deserialize, Serialize};

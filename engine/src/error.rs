@@ -48,15 +48,6 @@ pub enum EngineError {
     /// No job of that name is registered.
     #[error("unknown job {name:?} (known: {known})")]
     UnknownJob { name: String, known: String },
-    /// A task failed on its last allowed attempt.
-    #[error("{stage} task {task} failed after {attempts} attempt(s): {source}")]
-    TaskFailed {
-        stage: &'static str,
-        task: u32,
-        attempts: u32,
-        #[source]
-        source: Box<EngineError>,
-    },
     /// A task of a job failed on its last allowed attempt.
     #[error("stage {stage} task {task} failed after {attempts} attempt(s): {source}")]
     JobTaskFailed {
@@ -98,13 +89,6 @@ pub enum EngineError {
     Remote {
         class: crate::cluster::wire::FailureClass,
         message: String,
-    },
-    /// A task panicked or was cancelled.
-    #[error("{stage} task {task} did not finish: {reason}")]
-    TaskAborted {
-        stage: &'static str,
-        task: u32,
-        reason: String,
     },
 }
 

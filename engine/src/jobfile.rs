@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shuffle_client::protocol::units::parse_size;
 
 use crate::EngineError;
 
@@ -78,7 +79,7 @@ pub fn size_value(field: &'static str, v: &toml::Value) -> Result<u64, EngineErr
     let bad = |reason: String| EngineError::InvalidArgument { what: field, reason };
     match v {
         toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| bad(format!("{i} is negative"))),
-        toml::Value::String(s) => crate::units::parse_size(s).map_err(bad),
+        toml::Value::String(s) => parse_size(s).map_err(bad),
         other => Err(bad(format!("a {} is not a size", other.type_str()))),
     }
 }

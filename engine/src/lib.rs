@@ -1,13 +1,17 @@
 //! The bundled dataflow engine. It knows the shuffle service only through
 //! the [`shuffle_client::ShuffleClient`] trait.
 //!
-//! * [`plan`]: a job as a DAG of stages joined by shuffles, the contract
-//!   with the scheduler ([`plan::Job`], [`plan::Job::run_task`]).
-//! * [`dataflow`]: the builder, sources, operators and sinks jobs are made
-//!   of.
+//! * [`dataflow`]: a job as a DAG of stages joined by shuffles
+//!   ([`dataflow::Job`], [`dataflow::Job::run_task`]), and the builder,
+//!   sources, operators and sinks jobs are made of.
+//! * [`plan`]: the values the scheduler runs a job by (stages, edges, a
+//!   task's context, counters and output), the contract with the dataflow
+//!   layer.
+//! * [`cluster`]: the coordinator (scheduler, executors) and its workers.
 //! * [`jobs`]: the built-in jobs (terasort, wordcount, groupby, join), their
 //!   parameters and the [`jobs::Registry`].
-//! * [`report`]: the job report printed as JSON.
+//! * [`report`]: the job report printed as JSON, and how it is made from
+//!   what the scheduler saw.
 
 pub mod cluster;
 pub mod dataflow;
@@ -18,6 +22,5 @@ pub mod kv;
 pub mod plan;
 pub mod progress;
 pub mod report;
-pub mod units;
 
 pub use error::EngineError;

@@ -15,11 +15,15 @@ use engine::cluster::wire::ServiceSpec;
 use engine::cluster::worker::{run_worker, WorkerOptions};
 use engine::cluster::{run_job, Executors, RunConfig, ServiceChoice, WorkerSource};
 use engine::jobfile::{size_value, JobFile};
+use engine::jobs::groupby::GroupbyParams;
+use engine::jobs::join::JoinParams;
+use engine::jobs::terasort::{self, TerasortParams};
+use engine::jobs::wordcount::WordcountParams;
 use engine::jobs::{JobSpec, Registry};
 use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
-use engine::units::{human_bytes, parse_duration, parse_size};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+use shuffle_client::protocol::units::{human_bytes, parse_duration, parse_size};
 use shuffle_client::protocol::ShuffleMode;
 use shuffle_client::WriterOptions;
 
@@ -72,84 +76,48 @@ enum JobCmd {
     /// Generate, range-partition and sort 100-byte records, then validate
     /// the global order and a checksum (TeraGen + TeraSort + TeraValidate).
     Terasort {
-        /// Bytes of data to sort (1GiB, 256MiB, 10MB...).
-        #[arg(long, value_parser = parse_size)]
-        size: Option<u64>,
-        /// Reduce partitions.
-        #[arg(long)]
-        partitions: Option<u32>,
-        /// Map tasks (generators).
-        #[arg(long)]
-        maps: Option<u32>,
-        /// Seed of the data generator.
-        #[arg(long)]
-        seed: Option<u64>,
+        #[command(flatten)]
+        params: TerasortParams,
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Count words in text files (words: runs of Unicode letters and digits,
     /// lowercased; everything else separates).
     Wordcount {
-        /// Input text files.
-        #[arg(long, num_args = 1.., required = true)]
-        input: Vec<PathBuf>,
-        /// Reduce partitions.
-        #[arg(long)]
-        partitions: Option<u32>,
-        /// Map tasks. Default: one per `--split-size` of input.
-        #[arg(long)]
-        maps: Option<u32>,
-        /// Bytes of input per map task. Default: 32MiB.
-        #[arg(long, value_parser = parse_size)]
-        split_size: Option<u64>,
-        /// Folder for the result files (word<TAB>count, sorted).
-        #[arg(long)]
-        output: Option<PathBuf>,
+        #[command(flatten)]
+        params: WordcountParams,
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Aggregate a numeric column of CSV files by a key column.
     Groupby {
-        /// Input CSV files (with a header row).
-        #[arg(long, num_args = 1.., required = true)]
-        input: Vec<PathBuf>,
-        /// Key column: a header name or a 0-based index.
-        #[arg(long)]
-        key: String,
-        /// Value column: a header name or a 0-based index.
-        #[arg(long)]
-        value: String,
-        /// sum, count, min, max or avg.
-        #[arg(long, default_value = "sum")]
-        agg: String,
-        #[arg(long)]
-        partitions: Option<u32>,
-        #[arg(long)]
-        output: Option<PathBuf>,
+        #[command(flatten)]
+        params: GroupbyParams,
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Inner join of two CSV files on key columns.
     Join {
-        /// Left CSV files (with a header row).
-        #[arg(long, num_args = 1.., required = true)]
-        left: Vec<PathBuf>,
-        /// Right CSV files (with a header row).
-        #[arg(long, num_args = 1.., required = true)]
-        right: Vec<PathBuf>,
-        /// Key column of the left file (name or 0-based index).
-        #[arg(long)]
-        left_key: String,
-        /// Key column of the right file (name or 0-based index).
-        #[arg(long)]
-        right_key: String,
-        #[arg(long)]
-        partitions: Option<u32>,
-        #[arg(long)]
-        output: Option<PathBuf>,
+        #[command(flatten)]
+        params: JoinParams,
         #[command(flatten)]
         common: CommonArgs,
     },
+}
+
+impl JobCmd {
+    /// The job's spec (its parameters as JSON, as workers get them) and the
+    /// run's settings.
+    fn into_spec(self) -> Result<(JobSpec, CommonArgs)> {
+        let (name, params, common) = match self {
+            JobCmd::Terasort { params, common } => ("terasort", serde_json::to_value(params), common),
+            JobCmd::Wordcount { params, common } => ("wordcount", serde_json::to_value(params), common),
+            JobCmd::Groupby { params, common } => ("groupby", serde_json::to_value(params), common),
+            JobCmd::Join { params, common } => ("join", serde_json::to_value(params), common),
+        };
+        let params = params.with_context(|| format!("the {name} parameters as JSON"))?;
+        Ok((JobSpec::new(name, params), common))
+    }
 }
 
 /// Settings of `engine run`; each overrides the job file, which overrides
@@ -288,91 +256,10 @@ fn worker(coordinator: SocketAddr, slots: u32, threads: Option<usize>) -> Result
         .context("worker")
 }
 
-/// A named job from the command line: its spec and its settings.
-fn job_from_cmd(job: JobCmd) -> (JobSpec, CommonArgs) {
-    let mut p = Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            p.insert(k.to_string(), v);
-        }
-    };
-    let (name, common) = match job {
-        JobCmd::Terasort {
-            size,
-            partitions,
-            maps,
-            seed,
-            common,
-        } => {
-            put("size", size.map(Value::from));
-            put("partitions", partitions.map(Value::from));
-            put("maps", maps.map(Value::from));
-            put("seed", seed.map(Value::from));
-            ("terasort", common)
-        }
-        JobCmd::Wordcount {
-            input,
-            partitions,
-            maps,
-            split_size,
-            output,
-            common,
-        } => {
-            put("inputs", Some(json!(input)));
-            put("partitions", partitions.map(Value::from));
-            put("maps", maps.map(Value::from));
-            put("split_size", split_size.map(Value::from));
-            put("output", output.map(|o| json!(o)));
-            ("wordcount", common)
-        }
-        JobCmd::Groupby {
-            input,
-            key,
-            value,
-            agg,
-            partitions,
-            output,
-            common,
-        } => {
-            put("inputs", Some(json!(input)));
-            put("key_column", Some(json!(key)));
-            put("value_column", Some(json!(value)));
-            put("agg", Some(json!(agg)));
-            put("partitions", partitions.map(Value::from));
-            put("output", output.map(|o| json!(o)));
-            ("groupby", common)
-        }
-        JobCmd::Join {
-            left,
-            right,
-            left_key,
-            right_key,
-            partitions,
-            output,
-            common,
-        } => {
-            put("left", Some(json!(left)));
-            put("right", Some(json!(right)));
-            put("left_key", Some(json!(left_key)));
-            put("right_key", Some(json!(right_key)));
-            put("partitions", partitions.map(Value::from));
-            put("output", output.map(|o| json!(o)));
-            ("join", common)
-        }
-    };
-    (
-        JobSpec {
-            name: name.to_string(),
-            params: Value::Object(p),
-        },
-        common,
-    )
-}
-
 fn run(job: Option<JobCmd>, job_file: Option<PathBuf>, flags: CommonArgs) -> Result<bool> {
     let (spec, flags, file) = match (job, job_file) {
         (Some(job), None) => {
-            let (spec, common) = job_from_cmd(job);
+            let (spec, common) = job.into_spec()?;
             (spec, common, JobFile::default())
         }
         (None, Some(path)) => {
@@ -389,24 +276,16 @@ fn run(job: Option<JobCmd>, job_file: Option<PathBuf>, flags: CommonArgs) -> Res
     let config = settings(&flags, &file)?;
     let json_out = flags.json;
     let registry = Registry::builtin();
-    let baseline = (spec.name == "terasort").then(|| spec.clone());
+    let baseline = spec.clone();
     let mut report = runtime(None)?.block_on(run_job(&registry, spec, &config))?;
-    if let Some(spec) = baseline {
-        // This machine's own baseline, measured in the same run: making the
-        // data alone, on all CPUs, without shuffling it.
-        let params: engine::jobs::terasort::TerasortParams =
-            engine::jobs::parse_params(&spec.name, &spec.params)?;
-        let config = engine::jobs::terasort::TerasortConfig {
-            size_bytes: params.size,
-            maps: params.maps,
-            partitions: params.partitions,
-            seed: params.seed,
-        };
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (_, seconds) = engine::jobs::terasort::generate_only(&config, cpus);
-        report.extra.insert("generate_seconds".into(), json!(seconds));
+    terasort::add_baseline(&baseline, &mut report.extra)?;
+    print_report(&report);
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("serializing the report")?
+        );
     }
-    print_report(&report, json_out)?;
     Ok(report.valid)
 }
 
@@ -505,7 +384,8 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
     })
 }
 
-fn print_report(report: &JobReport, json: bool) -> Result<()> {
+/// The report for people: a few lines on stdout.
+fn print_report(report: &JobReport) {
     let stages: Vec<String> = report
         .stages
         .iter()
@@ -532,7 +412,7 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
         stages.join(", "),
         human_bytes(report.shuffle_bytes_written),
         human_bytes(report.shuffle_bytes_read),
-        human_bytes(report.spilled_bytes)
+        human_bytes(report.stored_bytes)
     );
     if report.retries > 0 || report.region_restarts > 0 {
         println!(
@@ -550,11 +430,4 @@ fn print_report(report: &JobReport, json: bool) -> Result<()> {
         let extra: Vec<String> = report.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("  {}", extra.join(" "));
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(report).context("serializing the report")?
-        );
-    }
-    Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shuffle_client::protocol::units::human_bytes;
 
 /// Where progress goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +106,8 @@ impl StageProgress {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
                 "{running} running, read {}, wrote {}",
-                crate::units::human_bytes(read),
-                crate::units::human_bytes(written)
+                human_bytes(read),
+                human_bytes(written)
             ));
         }
     }

@@ -1,6 +1,13 @@
-//! The report a job prints (as one JSON object with `--json`).
+//! The report a job prints (as one JSON object with `--json`), and how it
+//! is made from what the scheduler saw.
 
 use serde::Serialize;
+use shuffle_client::protocol::ShuffleMode;
+use shuffle_client::ShuffleClient;
+
+use crate::cluster::scheduler::ScheduleOutcome;
+use crate::dataflow::Job;
+use crate::plan::JobResult;
 
 /// What a job did. Field names are stable: scripts read them.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -27,7 +34,7 @@ pub struct JobReport {
     /// Bytes the shuffle service holds on disk for the job's shuffles at
     /// the end (blocking and hybrid-full: everything; hybrid-selective:
     /// what spilled; pipelined: nothing).
-    pub spilled_bytes: u64,
+    pub stored_bytes: u64,
     /// Wall time of the job, from scheduling the first task to the
     /// validated output (worker start-up excluded, see
     /// `startup_seconds`).
@@ -66,4 +73,69 @@ pub struct StageReport {
     /// stage: shuffle data received).
     pub first_input: Option<f64>,
     pub finished: Option<f64>,
+}
+
+/// Bytes the shuffle service holds for the job's final shuffles (what it
+/// reports of each; a shuffle it cannot report counts nothing).
+pub(crate) async fn stored_bytes<C: ShuffleClient>(client: &C, outcome: &ScheduleOutcome) -> u64 {
+    let mut total = 0;
+    for h in &outcome.handles {
+        if let Ok(s) = client.shuffle_status(h).await {
+            total += s.stored_bytes;
+        }
+    }
+    total
+}
+
+/// The report of a job the scheduler ran to the end, validated as
+/// `result`. The caller fills in what the scheduler does not know (wall
+/// time, service, workers, stored bytes).
+pub(crate) fn report_of(
+    job: &Job,
+    mode: ShuffleMode,
+    outcome: &ScheduleOutcome,
+    result: JobResult,
+) -> JobReport {
+    let all = outcome.outputs.iter().flatten();
+    let sources: u64 = job
+        .stages()
+        .iter()
+        .zip(&outcome.outputs)
+        .filter(|(s, _)| s.inputs.is_empty())
+        .flat_map(|(_, o)| o.iter().map(|t| t.records_in))
+        .sum();
+    let stages = job
+        .stages()
+        .iter()
+        .zip(&outcome.timings)
+        .map(|(s, t)| StageReport {
+            name: s.name.clone(),
+            tasks: s.tasks,
+            seconds: match (t.started, t.finished) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            },
+            started: t.started,
+            first_input: t.first_input,
+            finished: t.finished,
+        })
+        .collect();
+    let edges = job.edges();
+    JobReport {
+        job: job.name().to_string(),
+        mode: mode.name().to_string(),
+        records_in: sources,
+        records_out: result.records_out,
+        shuffle_bytes_written: all.clone().map(|t| t.bytes_written).sum(),
+        shuffle_bytes_read: all.map(|t| t.bytes_read).sum(),
+        stages,
+        retries: outcome.retries,
+        region_restarts: outcome.region_restarts,
+        maps: edges.first().map_or(0, |e| job.stages()[e.from.0 as usize].tasks),
+        partitions: edges.last().map_or(0, |e| e.partitions),
+        valid: result.valid,
+        problems: result.problems,
+        extra: result.extra,
+        ..JobReport::default()
+    }
 }

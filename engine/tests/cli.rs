@@ -33,7 +33,7 @@ fn terasort_validates_and_reports_json() {
     assert_eq!(report["records_out"], 30_000);
     assert_eq!(report["maps"], 3);
     assert_eq!(report["partitions"], 8);
-    for field in ["shuffle_bytes_written", "shuffle_bytes_read", "spilled_bytes"] {
+    for field in ["shuffle_bytes_written", "shuffle_bytes_read", "stored_bytes"] {
         assert!(report[field].as_u64().is_some_and(|b| b > 0), "{field}: {report}");
     }
     assert_eq!(report["shuffle_bytes_written"], report["shuffle_bytes_read"]);

@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::cluster::{run_job, Executors, RunConfig, ServiceChoice};
-use engine::dataflow::{Agg, Format, JobBuilder, RecordCursor, Sink};
+use engine::dataflow::{Agg, Format, Job, JobBuilder, RecordCursor, Sink};
 use engine::jobs::{groupby, parse_params, JobSpec, Registry};
-use engine::plan::Job;
 use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
 use engine::EngineError;

@@ -14,7 +14,7 @@ use engine::plan::StageId;
 use engine::EngineError;
 use serde_json::json;
 
-fn build(name: &str, params: serde_json::Value) -> Result<engine::plan::Job, EngineError> {
+fn build(name: &str, params: serde_json::Value) -> Result<engine::dataflow::Job, EngineError> {
     Registry::builtin().build(&JobSpec::new(name, params))
 }
 
@@ -342,7 +342,7 @@ async fn wordcount_matches_an_in_memory_count() {
     assert_eq!(result.records_out, expected.len() as u64);
 }
 
-fn invalid_argument(r: Result<engine::plan::Job, EngineError>) -> String {
+fn invalid_argument(r: Result<engine::dataflow::Job, EngineError>) -> String {
     match r {
         Err(e @ EngineError::InvalidArgument { .. }) => e.to_string(),
         other => panic!("expected InvalidArgument, got {other:?}"),

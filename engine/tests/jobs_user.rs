@@ -4,9 +4,9 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use engine::dataflow::{Format, JobBuilder, Sink};
+use engine::dataflow::{Format, Job, JobBuilder, Sink};
 use engine::jobs::{parse_params, summary, JobSpec, Registry};
-use engine::plan::{Job, JobResult};
+use engine::plan::JobResult;
 use engine::{kv, EngineError};
 use serde::{Deserialize, Serialize};
 

@@ -50,7 +50,7 @@ async fn terasort_validates_against_two_servers_over_tcp() {
     assert_eq!(r["valid"], true);
     assert_eq!(r["records_out"], 20_000);
     assert!(r["shuffle"].as_str().is_some_and(|s| s.starts_with("tcp://")));
-    assert!(r["spilled_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(r["stored_bytes"].as_u64().is_some_and(|b| b > 0));
     // The job released its app: nothing is left on the servers' disks.
     for i in 0..2 {
         let dir = tmp.path().join(format!("server-{i}"));

@@ -48,7 +48,7 @@ fn terasort_is_correct_in_every_mode_on_two_workers() {
         assert_eq!(r["records_in"], 40_000, "{mode}");
         assert_eq!(r["records_out"], 40_000, "{mode}");
         assert_eq!(r["shuffle_bytes_written"], r["shuffle_bytes_read"], "{mode}: {r}");
-        let disk = r["spilled_bytes"].as_u64().expect("spilled_bytes");
+        let disk = r["stored_bytes"].as_u64().expect("stored_bytes");
         match mode {
             "blocking" | "hybrid-full" => assert!(disk > 0, "{mode} persists everything: {r}"),
             "pipelined" => assert_eq!(disk, 0, "pipelined writes nothing to disk: {r}"),
@@ -91,10 +91,7 @@ fn hybrid_selective_spills_nothing_with_ample_memory_and_completes_with_little()
         &["--memory-budget", "512MiB", "--spill-after", "60s"],
     );
     assert_eq!(ample["valid"], true, "{ample}");
-    assert_eq!(
-        ample["spilled_bytes"], 0,
-        "ample memory: nothing on disk: {ample}"
-    );
+    assert_eq!(ample["stored_bytes"], 0, "ample memory: nothing on disk: {ample}");
 
     let tiny = sized_terasort(
         "16MB",
@@ -103,7 +100,7 @@ fn hybrid_selective_spills_nothing_with_ample_memory_and_completes_with_little()
     );
     assert_eq!(tiny["valid"], true, "{tiny}");
     assert!(
-        tiny["spilled_bytes"].as_u64().is_some_and(|b| b > 0),
+        tiny["stored_bytes"].as_u64().is_some_and(|b| b > 0),
         "a tiny budget spills: {tiny}"
     );
 }
@@ -237,7 +234,7 @@ fn a_worker_killed_mid_job_restarts_the_pipelined_region() {
         r["region_restarts"].as_u64().is_some_and(|n| n >= 1),
         "the region ran again: {r}"
     );
-    assert_eq!(r["spilled_bytes"], 0, "{r}");
+    assert_eq!(r["stored_bytes"], 0, "{r}");
 }
 
 /// `name value` of a Prometheus text line, for an unlabelled metric.

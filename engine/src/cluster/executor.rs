@@ -10,7 +10,8 @@ use tokio::task::AbortHandle;
 
 use super::wire::{CoordinatorMsg, Counts, TaskFailure, TaskKey, WireHandle};
 use super::worker::{classify, counts_of, run_one};
-use crate::plan::{Job, TaskCounters, TaskOutput};
+use crate::dataflow::Job;
+use crate::plan::{TaskCounters, TaskOutput};
 
 /// What executors report to the scheduler.
 #[derive(Debug)]

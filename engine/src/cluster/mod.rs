@@ -3,16 +3,14 @@
 //!
 //! * [`run_job`]: the coordinator's entry (the `engine run` command).
 //! * [`worker::run_worker`]: a worker process (`engine worker`).
-//! * `scheduler.rs`: per-mode scheduling and failure recovery;
+//! * `scheduler/`: per-mode scheduling and failure recovery;
 //!   `executor.rs`: in-process or remote execution; `pool.rs`: worker
 //!   processes; `wire.rs`: the coordinator–worker protocol.
 
 pub mod clients;
 mod executor;
 mod pool;
-mod scheduler;
-#[cfg(test)]
-mod scheduler_tests;
+pub(crate) mod scheduler;
 pub mod service;
 pub mod wire;
 pub mod worker;
@@ -22,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shuffle_client::embedded::EmbeddedOptions;
+use shuffle_client::protocol::units::human_bytes;
 use shuffle_client::protocol::{AppId, ShuffleMode};
 use shuffle_client::{EmbeddedShuffle, ServedShuffle, ShuffleClient, WriterOptions};
 use tokio::sync::mpsc;
@@ -30,12 +29,12 @@ use self::clients::SlowReads;
 use self::executor::{LocalExecutor, RemoteExecutor};
 pub use self::pool::WorkerSource;
 pub use self::scheduler::SchedulePolicy;
-use self::scheduler::{ScheduleOutcome, Scheduler, WorkerSlots};
+use self::scheduler::{Runners, Scheduler, SchedulerContext, WorkerSlots};
 use self::wire::{CoordinatorMsg, ServiceSpec};
+use crate::dataflow::Job;
 use crate::jobs::{JobSpec, Registry};
-use crate::plan::Job;
 use crate::progress::Progress;
-use crate::report::{JobReport, StageReport};
+use crate::report::{report_of, stored_bytes, JobReport};
 use crate::EngineError;
 
 /// Where the shuffle service is.
@@ -99,8 +98,8 @@ pub async fn run_job(
                 what: "memory_budget",
                 reason: format!(
                     "{} is too small: the embedded service needs at least 2 MiB and four blocks ({} each)",
-                    crate::units::human_bytes(*memory_budget),
-                    crate::units::human_bytes(block)
+                    human_bytes(*memory_budget),
+                    human_bytes(block)
                 ),
             });
         }
@@ -136,6 +135,16 @@ pub async fn run_job(
             temp.path().to_path_buf()
         }
     };
+    let label = match &config.service {
+        ServiceChoice::Embedded { .. } => "embedded".to_string(),
+        ServiceChoice::Servers(service) => service.urls.join(","),
+    };
+    let run = JobRun {
+        job: &job,
+        app,
+        config,
+        label,
+    };
     match (&config.service, &config.executors) {
         (
             ServiceChoice::Embedded {
@@ -146,7 +155,7 @@ pub async fn run_job(
             Executors::InProcess { slots },
         ) => {
             let store = embedded_store(data_dir, *memory_budget, *spill_after)?;
-            in_process(&job, store, *slots, app, config, "embedded".into()).await
+            run.in_process(store, *slots).await
         }
         (
             ServiceChoice::Embedded {
@@ -162,7 +171,7 @@ pub async fn run_job(
                 quic_pins: Vec::new(),
                 quic_ca: None,
             };
-            let result = on_workers(&job, spec, spec_, app, config, "embedded".into()).await;
+            let result = run.on_workers(spec, spec_).await;
             if let Err(e) = served.shutdown().await {
                 config
                     .progress
@@ -172,12 +181,10 @@ pub async fn run_job(
         }
         (ServiceChoice::Servers(service), Executors::InProcess { slots }) => {
             let client = service::connect_remote(service).await?;
-            let label = service.urls.join(",");
-            in_process(&job, client, *slots, app, config, label).await
+            run.in_process(client, *slots).await
         }
         (ServiceChoice::Servers(service), Executors::Workers { .. }) => {
-            let label = service.urls.join(",");
-            on_workers(&job, spec, service.clone(), app, config, label).await
+            run.on_workers(spec, service.clone()).await
         }
     }
 }
@@ -195,177 +202,126 @@ fn embedded_store(
     Ok(EmbeddedShuffle::with_options(options)?)
 }
 
-/// Runs the tasks in this process, at most `slots` at once, with `client`.
-async fn in_process<C: ShuffleClient>(
-    job: &Arc<Job>,
-    client: C,
-    slots: u32,
+/// A job on its way to the scheduler.
+struct JobRun<'a> {
+    job: &'a Arc<Job>,
+    /// The job's app on the shuffle service.
     app: AppId,
-    config: &RunConfig,
+    config: &'a RunConfig,
+    /// The report's `shuffle`: `embedded` or the server URLs.
     label: String,
-) -> Result<JobReport, EngineError> {
-    let client = Arc::new(SlowReads::new(client, config.read_delay));
-    let (tx, rx) = mpsc::unbounded_channel();
-    let exec = LocalExecutor::new(job.clone(), client.clone(), config.writer_options, tx);
-    let workers = vec![WorkerSlots::new(slots.max(1))];
-    drive(job, client, app, config, exec, rx, workers, label, 0.0).await
 }
 
-async fn on_workers(
-    job: &Arc<Job>,
-    spec: JobSpec,
-    service: ServiceSpec,
-    app: AppId,
-    config: &RunConfig,
-    label: String,
-) -> Result<JobReport, EngineError> {
-    let Executors::Workers { source, listen } = &config.executors else {
-        return Err(EngineError::Workers {
-            reason: "no workers configured".into(),
-        });
-    };
-    let started = Instant::now();
-    let client = Arc::new(service::connect_remote(&service).await?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(EngineError::io("listen for workers on", listen.to_string()))?;
-    let setup = CoordinatorMsg::Setup {
-        job: spec,
-        service,
-        writer: config.writer_options.into(),
-        progress_every: config.progress_every,
-        read_delay: config.read_delay,
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let progress = config.progress.clone();
-    let say = move |m: String| progress.say(m);
-    let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
-    let workers = pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect();
-    let exec = RemoteExecutor {
-        workers: pool.senders.clone(),
-    };
-    let startup = started.elapsed().as_secs_f64();
-    let result = drive(job, client, app, config, exec, rx, workers, label, startup).await;
-    pool.shutdown().await;
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn drive<C: ShuffleClient, E: executor::Executor>(
-    job: &Job,
-    client: Arc<C>,
-    app: AppId,
-    config: &RunConfig,
-    exec: E,
-    events: mpsc::UnboundedReceiver<executor::Event>,
-    workers: Vec<WorkerSlots>,
-    label: String,
-    startup_seconds: f64,
-) -> Result<JobReport, EngineError> {
-    let worker_count = match config.executors {
-        Executors::InProcess { .. } => 0,
-        Executors::Workers { .. } => workers.len() as u32,
-    };
-    let slots = workers.iter().map(|w| w.slots).sum();
-    let policy = SchedulePolicy {
-        mode: config.mode,
-        max_attempts: config.max_attempts,
-        tick: config.progress_every,
-    };
-    let started = Instant::now();
-    let scheduler = Scheduler::new(
-        job,
-        &*client,
-        app.clone(),
-        policy,
-        exec,
-        events,
-        workers,
-        &config.progress,
-    );
-    let outcome = scheduler.run().await;
-    let report = match outcome {
-        Ok(outcome) => {
-            let spilled = stored_bytes(&*client, &outcome).await;
-            let result = job.finish(&outcome.outputs);
-            result.map(|result| {
-                let mut report = report_of(job, config.mode, &outcome, result);
-                report.spilled_bytes = spilled;
-                report
-            })
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = client.unregister_app(&app).await {
-        config.progress.say(format!(
-            "warning: releasing the app on the shuffle service failed: {e}"
-        ));
+impl JobRun<'_> {
+    /// Runs the tasks in this process, at most `slots` at once, with
+    /// `client`.
+    async fn in_process<C: ShuffleClient>(self, client: C, slots: u32) -> Result<JobReport, EngineError> {
+        let client = Arc::new(SlowReads::new(client, self.config.read_delay));
+        let (tx, events) = mpsc::unbounded_channel();
+        let runners = Runners {
+            exec: LocalExecutor::new(self.job.clone(), client.clone(), self.config.writer_options, tx),
+            events,
+            workers: vec![WorkerSlots::new(slots.max(1))],
+        };
+        self.drive(client, runners, 0.0).await
     }
-    let mut report = report?;
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    report.startup_seconds = startup_seconds;
-    report.shuffle = label;
-    report.workers = worker_count;
-    report.slots = slots;
-    Ok(report)
-}
 
-async fn stored_bytes<C: ShuffleClient>(client: &C, outcome: &ScheduleOutcome) -> u64 {
-    let mut total = 0;
-    for h in &outcome.handles {
-        if let Ok(s) = client.shuffle_status(h).await {
-            total += s.stored_bytes;
-        }
-    }
-    total
-}
-
-fn report_of(
-    job: &Job,
-    mode: ShuffleMode,
-    outcome: &ScheduleOutcome,
-    result: crate::plan::JobResult,
-) -> JobReport {
-    let all = outcome.outputs.iter().flatten();
-    let sources: u64 = job
-        .stages()
-        .iter()
-        .zip(&outcome.outputs)
-        .filter(|(s, _)| s.inputs.is_empty())
-        .flat_map(|(_, o)| o.iter().map(|t| t.records_in))
-        .sum();
-    let stages = job
-        .stages()
-        .iter()
-        .zip(&outcome.timings)
-        .map(|(s, t)| StageReport {
-            name: s.name.clone(),
-            tasks: s.tasks,
-            seconds: match (t.started, t.finished) {
-                (Some(a), Some(b)) => b - a,
-                _ => 0.0,
+    /// Runs the tasks on worker processes that build the job from `spec`
+    /// and reach the shuffle service through `service`.
+    async fn on_workers(self, spec: JobSpec, service: ServiceSpec) -> Result<JobReport, EngineError> {
+        let config = self.config;
+        let Executors::Workers { source, listen } = &config.executors else {
+            return Err(EngineError::Workers {
+                reason: "no workers configured".into(),
+            });
+        };
+        let started = Instant::now();
+        let client = Arc::new(service::connect_remote(&service).await?);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(EngineError::io("listen for workers on", listen.to_string()))?;
+        let setup = CoordinatorMsg::Setup {
+            job: spec,
+            service,
+            writer: config.writer_options.into(),
+            progress_every: config.progress_every,
+            read_delay: config.read_delay,
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        let progress = config.progress.clone();
+        let say = move |m: String| progress.say(m);
+        let pool = pool::WorkerPool::start(listener, source, setup, tx, &say).await?;
+        let runners = Runners {
+            exec: RemoteExecutor {
+                workers: pool.senders.clone(),
             },
-            started: t.started,
-            first_input: t.first_input,
-            finished: t.finished,
-        })
-        .collect();
-    let edges = job.edges();
-    JobReport {
-        job: job.name().to_string(),
-        mode: mode.name().to_string(),
-        records_in: sources,
-        records_out: result.records_out,
-        shuffle_bytes_written: all.clone().map(|t| t.bytes_written).sum(),
-        shuffle_bytes_read: all.map(|t| t.bytes_read).sum(),
-        stages,
-        retries: outcome.retries,
-        region_restarts: outcome.region_restarts,
-        maps: edges.first().map_or(0, |e| job.stages()[e.from.0 as usize].tasks),
-        partitions: edges.last().map_or(0, |e| e.partitions),
-        valid: result.valid,
-        problems: result.problems,
-        extra: result.extra,
-        ..JobReport::default()
+            events,
+            workers: pool.slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
+        };
+        let startup_seconds = started.elapsed().as_secs_f64();
+        let result = self.drive(client, runners, startup_seconds).await;
+        pool.shutdown().await;
+        result
+    }
+
+    /// Schedules the job to the end on `runners`, validates it, releases
+    /// its app on the shuffle service and reports (`startup_seconds`: the
+    /// time it took to start the workers).
+    async fn drive<C: ShuffleClient, E: executor::Executor>(
+        self,
+        client: Arc<C>,
+        runners: Runners<E>,
+        startup_seconds: f64,
+    ) -> Result<JobReport, EngineError> {
+        let JobRun {
+            job,
+            app,
+            config,
+            label,
+        } = self;
+        let worker_count = match config.executors {
+            Executors::InProcess { .. } => 0,
+            Executors::Workers { .. } => runners.workers.len() as u32,
+        };
+        let slots = runners.workers.iter().map(|w| w.slots).sum();
+        let policy = SchedulePolicy {
+            mode: config.mode,
+            max_attempts: config.max_attempts,
+            tick: config.progress_every,
+        };
+        let started = Instant::now();
+        let scheduler = Scheduler::new(SchedulerContext {
+            job,
+            client: &*client,
+            app: app.clone(),
+            policy,
+            runners,
+            progress: &config.progress,
+        });
+        let outcome = scheduler.run().await;
+        let report = match outcome {
+            Ok(outcome) => {
+                let stored = stored_bytes(&*client, &outcome).await;
+                let result = job.finish(&outcome.outputs);
+                result.map(|result| {
+                    let mut report = report_of(job, config.mode, &outcome, result);
+                    report.stored_bytes = stored;
+                    report
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = client.unregister_app(&app).await {
+            config.progress.say(format!(
+                "warning: releasing the app on the shuffle service failed: {e}"
+            ));
+        }
+        let mut report = report?;
+        report.wall_seconds = started.elapsed().as_secs_f64();
+        report.startup_seconds = startup_seconds;
+        report.shuffle = label;
+        report.workers = worker_count;
+        report.slots = slots;
+        Ok(report)
     }
 }

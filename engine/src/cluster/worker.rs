@@ -17,8 +17,9 @@ use tokio::task::AbortHandle;
 use super::clients::{DryWrites, SlowReads};
 use super::service::connect_remote;
 use super::wire::{self, CoordinatorMsg, Counts, FailureClass, TaskFailure, TaskKey, WorkerMsg};
+use crate::dataflow::Job;
 use crate::jobs::Registry;
-use crate::plan::{Job, TaskContext, TaskCounters, TaskOutput};
+use crate::plan::{TaskContext, TaskCounters, TaskOutput};
 use crate::EngineError;
 
 /// How a worker runs.

@@ -9,12 +9,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::csv::{CsvFiles, Select};
+use super::job::{Finisher, Job, StageInput, StageOutput, StagePlan};
 use super::ops::{Emitter, FilterOp, FnOp, KeyByFieldOp, KeyByOp, KeyPrefixOp, MapOp, Operator, ValuesOp};
 use super::sink::{Format, Sink, Summary, SummaryFactory};
 use super::source::{CursorFn, Generate, GenerateRows, RecordCursor, Source, TextFiles};
 use super::wide::{Aggregator, Partitioner};
-use super::{StageInput, StageOutput, StagePlan};
-use crate::plan::{Edge, Finisher, Job, JobResult, StageId, StageInfo, TaskOutput};
+use crate::plan::{Edge, JobResult, StageId, StageInfo, TaskOutput};
 use crate::EngineError;
 
 struct EdgeDraft {
@@ -56,8 +56,17 @@ pub struct Stream {
     inputs: Vec<usize>,
     ops: Vec<Arc<dyn Operator>>,
     summary: Option<SummaryFactory>,
-    /// Records are known to be pairs (the default sink format follows).
-    keyed: bool,
+    /// What the records are known to be (the default sink format follows).
+    records: Records,
+}
+
+/// What a stream's records are known to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Records {
+    /// Pairs ([`crate::kv`]).
+    Pairs,
+    /// Bytes: lines, rows, or pairs not declared as such.
+    Bytes,
 }
 
 impl std::fmt::Debug for Stream {
@@ -122,7 +131,7 @@ impl JobBuilder {
             inputs: Vec::new(),
             ops: Vec::new(),
             summary: None,
-            keyed: false,
+            records: Records::Bytes,
         }
     }
 
@@ -231,9 +240,9 @@ impl JobBuilder {
 }
 
 impl Stream {
-    fn op(mut self, op: impl Operator + 'static, keyed: bool) -> Self {
+    fn op(mut self, op: impl Operator + 'static, records: Records) -> Self {
         self.ops.push(Arc::new(op));
-        self.keyed = keyed;
+        self.records = records;
         self
     }
 
@@ -254,13 +263,13 @@ impl Stream {
 
     /// One record in, one out.
     pub fn map(self, f: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) -> Self {
-        self.op(MapOp(f), false)
+        self.op(MapOp(f), Records::Bytes)
     }
 
     /// Keeps the records for which `f` holds.
     pub fn filter(self, f: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
-        let keyed = self.keyed;
-        self.op(FilterOp(f), keyed)
+        let records = self.records;
+        self.op(FilterOp(f), records)
     }
 
     /// Any number of records out per record in, through the [`Emitter`].
@@ -270,7 +279,7 @@ impl Stream {
                 f(r, e);
                 Ok(())
             }),
-            false,
+            Records::Bytes,
         )
     }
 
@@ -279,34 +288,34 @@ impl Stream {
         self,
         f: impl Fn(&[u8], &mut Emitter<'_>) -> Result<(), EngineError> + Send + Sync + 'static,
     ) -> Self {
-        self.op(FnOp(f), false)
+        self.op(FnOp(f), Records::Bytes)
     }
 
     /// Pairs keyed by `f(record)`, valued by the whole record.
     pub fn key_by(self, f: impl Fn(&[u8]) -> &[u8] + Send + Sync + 'static) -> Self {
-        self.op(KeyByOp(f), true)
+        self.op(KeyByOp(f), Records::Pairs)
     }
 
     /// Pairs keyed by the first `n` bytes, valued by the rest.
     pub fn key_prefix(self, n: usize) -> Self {
-        self.op(KeyPrefixOp(n), true)
+        self.op(KeyPrefixOp(n), Records::Pairs)
     }
 
     /// Rows become pairs keyed by field `i`, valued by the other fields (a
     /// row of the remaining fields). Field 0 costs nothing.
     pub fn key_by_field(self, i: usize) -> Self {
-        self.op(KeyByFieldOp(i), true)
+        self.op(KeyByFieldOp(i), Records::Pairs)
     }
 
     /// Pairs become their values.
     pub fn values(self) -> Self {
-        self.op(ValuesOp, false)
+        self.op(ValuesOp, Records::Bytes)
     }
 
     /// Declares the records pairs already (a source or `flat_map` that
     /// emits pairs), for the default sink format.
     pub fn keyed(mut self) -> Self {
-        self.keyed = true;
+        self.records = Records::Pairs;
         self
     }
 
@@ -368,7 +377,7 @@ impl Stream {
             inputs,
             ops: Vec::new(),
             summary: None,
-            keyed: true,
+            records: Records::Pairs,
         }
     }
 
@@ -473,7 +482,10 @@ impl Stream {
     /// Ends the job's branch in `sink`, formatted as pairs if the records
     /// are known to be pairs, as lines otherwise.
     pub fn sink(self, sink: Sink) {
-        let format = if self.keyed { Format::Pairs } else { Format::Lines };
+        let format = match self.records {
+            Records::Pairs => Format::Pairs,
+            Records::Bytes => Format::Lines,
+        };
         self.sink_with(sink, format);
     }
 

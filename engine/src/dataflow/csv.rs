@@ -39,6 +39,15 @@ impl std::fmt::Display for Column {
     }
 }
 
+/// A column as a command line names it: a name, as a JSON string is read
+/// (a name that is no header but a number is an index). Never fails.
+impl std::str::FromStr for Column {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Column::Name(s.to_string()))
+    }
+}
+
 /// How a selected column is typed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColumnType {

@@ -1,6 +1,7 @@
-//! Runs one task of a stage: its input (a source cursor, or readers of its
-//! input shuffles, several read concurrently), its operator chain, and its
-//! output (a shuffle writer, map-side combine included, or a sink).
+//! Runs one task of a stage ([`Job::run_task`]): its input (a source
+//! cursor, or readers of its input shuffles, several read concurrently),
+//! its operator chain, and its output (a shuffle writer, map-side combine
+//! included, or a sink).
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -8,12 +9,12 @@ use std::sync::Mutex;
 use shuffle_client::protocol::{MapId, PartitionId};
 use shuffle_client::{ReadStats, ShuffleClient, ShuffleHandle, ShuffleReader, ShuffleWriter};
 
+use super::job::{Job, StageInput, StageOutput, StagePlan};
 use super::ops::Chain;
 use super::sink::{SinkWriter, Summary};
 use super::source::RecordCursor;
 use super::wide::{CombineTable, JoinTable, Partitioner, SortBuffer};
-use super::{StageInput, StageOutput, StagePlan};
-use crate::plan::{Job, StageInfo, TaskContext, TaskCounters, TaskOutput};
+use crate::plan::{StageInfo, TaskContext, TaskCounters, TaskOutput};
 use crate::EngineError;
 
 /// A combine table holding more than this is flushed to the shuffle (its
@@ -39,6 +40,16 @@ enum Target<'a, W> {
     Sink(SinkWriter),
 }
 
+/// What [`Out::flush`] pushes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// The pending records, and the combine table if it outgrew
+    /// [`COMBINE_LIMIT`] (between chunks of input).
+    Pending,
+    /// Everything, the whole combine table included (the task's end).
+    All,
+}
+
 /// The output side of a task.
 struct Out<'a, W> {
     target: Target<'a, W>,
@@ -58,7 +69,7 @@ impl<W: ShuffleWriter> Out<'_, W> {
         match &mut self.target {
             Target::Shuffle {
                 combine: Some(table), ..
-            } => table.add(record, true),
+            } => table.add_value(record),
             Target::Shuffle { partitioner, buf, .. } => {
                 let p = partitioner.partition(record)?;
                 buf.data.extend_from_slice(record);
@@ -73,7 +84,7 @@ impl<W: ShuffleWriter> Out<'_, W> {
     }
 
     /// Pushes pending records (and an oversized combine table).
-    async fn flush(&mut self, done: bool) -> Result<(), EngineError> {
+    async fn flush(&mut self, what: Flush) -> Result<(), EngineError> {
         if let Target::Shuffle {
             writer,
             partitioner,
@@ -83,7 +94,7 @@ impl<W: ShuffleWriter> Out<'_, W> {
         } = &mut self.target
         {
             if let Some(table) = combine {
-                if done || table.bytes() > COMBINE_LIMIT {
+                if what == Flush::All || table.bytes() > COMBINE_LIMIT {
                     table.drain_states(|rec| {
                         let p = partitioner.partition(rec)?;
                         buf.data.extend_from_slice(rec);
@@ -114,7 +125,7 @@ impl<W: ShuffleWriter> Out<'_, W> {
 
     /// Commits the shuffle output or closes the sink.
     async fn finish(mut self, out: &mut TaskOutput) -> Result<(), EngineError> {
-        self.flush(true).await?;
+        self.flush(Flush::All).await?;
         match self.target {
             Target::Shuffle {
                 writer, raw_bytes, ..
@@ -151,7 +162,7 @@ async fn pump<W: ShuffleWriter>(
         if records_in.is_some() {
             out.counters.records_in.fetch_add(n, Ordering::Relaxed);
         }
-        out.flush(false).await?;
+        out.flush(Flush::Pending).await?;
         if !more {
             break;
         }
@@ -233,116 +244,114 @@ fn check<'j>(
     Ok((info, plan))
 }
 
-/// Runs one task (see [`Job::run_task`]).
-pub(crate) async fn run_task<C: ShuffleClient>(
-    job: &Job,
-    ctx: TaskContext<'_, C>,
-) -> Result<TaskOutput, EngineError> {
-    let (info, plan) = check(job, ctx.stage.0, ctx.task, ctx.handles)?;
-    // A consumer opens its readers first: it starts reading at once.
-    let mut readers = Vec::with_capacity(info.inputs.len());
-    for &e in &info.inputs {
-        let h = &ctx.handles[e];
-        readers.push(
-            ctx.client
-                .open_reader(h, PartitionId(ctx.task), h.all_maps())
-                .await?,
-        );
-    }
-    let target = match &plan.output {
-        StageOutput::Shuffle { partitioner, combine } => {
-            let h = &ctx.handles[info.outputs[0]];
-            Target::Shuffle {
-                writer: ctx
-                    .client
-                    .open_writer(h, MapId(ctx.task), ctx.attempt, ctx.writer_options)
+impl Job {
+    /// Runs task `ctx.task` of `ctx.stage`: producer tasks are map
+    /// `MapId(ctx.task)`, attempt `ctx.attempt`, of each output edge's
+    /// shuffle (open_writer .. commit); consumer task `i` reads partition
+    /// `i` of each input edge (all maps), several inputs concurrently.
+    pub async fn run_task<C: ShuffleClient>(
+        &self,
+        ctx: TaskContext<'_, C>,
+    ) -> Result<TaskOutput, EngineError> {
+        let (info, plan) = check(self, ctx.stage.0, ctx.task, ctx.handles)?;
+        // A consumer opens its readers first: it starts reading at once.
+        let mut readers = Vec::with_capacity(info.inputs.len());
+        for &e in &info.inputs {
+            let h = &ctx.handles[e];
+            readers.push(
+                ctx.client
+                    .open_reader(h, PartitionId(ctx.task), h.all_maps())
                     .await?,
-                partitioner,
-                combine: combine.clone().map(CombineTable::new),
-                buf: OutBuf::default(),
-                raw_bytes: 0,
-            }
-        }
-        StageOutput::Sink { sink, format } => Target::Sink(SinkWriter::open(sink, format, ctx.task)?),
-    };
-    let mut out = Out {
-        target,
-        summary: plan.summary.as_ref().map(|f| f(ctx.task, info.tasks)),
-        records_out: 0,
-        reported_out: 0,
-        counters: ctx.counters,
-    };
-    let mut chain = Chain::new(&plan.ops);
-    let mut result = TaskOutput::default();
-    let counters = ctx.counters;
-    match &plan.input {
-        StageInput::Source(source) => {
-            pump(
-                source.open(ctx.task)?,
-                &mut chain,
-                &mut out,
-                Some(&mut result.records_in),
-            )
-            .await?;
-        }
-        StageInput::Pass => {
-            for reader in &mut readers {
-                let mut seen = reader.stats();
-                while let Some(batch) = reader.next_batch().await? {
-                    batch.for_each_record(|r| chain.push(r, &mut |r| out.accept(r)))?;
-                    let now = reader.stats();
-                    counters
-                        .records_in
-                        .fetch_add(now.records - seen.records, Ordering::Relaxed);
-                    counters
-                        .bytes_read
-                        .fetch_add(now.fetched_bytes - seen.fetched_bytes, Ordering::Relaxed);
-                    seen = now;
-                    out.flush(false).await?;
-                }
-            }
-        }
-        StageInput::Merge(agg) => {
-            let mut table = CombineTable::new(agg.clone());
-            for reader in &mut readers {
-                drain_reader(reader, counters, |r| table.add(r, false)).await?;
-            }
-            pump(Box::new(table.into_final()), &mut chain, &mut out, None).await?;
-        }
-        StageInput::Sort => {
-            let mut buffer = SortBuffer::default();
-            for reader in &mut readers {
-                drain_reader(reader, counters, |r| buffer.add(r)).await?;
-            }
-            pump(Box::new(buffer.into_sorted()), &mut chain, &mut out, None).await?;
-        }
-        StageInput::Join => {
-            let table = Mutex::new(JoinTable::default());
-            let (left, right) = match readers.as_mut_slice() {
-                [l, r] => (l, r),
-                _ => {
-                    return Err(EngineError::InvalidPlan {
-                        reason: format!("a join stage with {} inputs", info.inputs.len()),
-                    })
-                }
-            };
-            // Both inputs are read at once: in a streaming shuffle, reading
-            // one to its end first can deadlock on the other's credit.
-            let (l, r) = tokio::join!(
-                join_side(0, left, &table, counters),
-                join_side(1, right, &table, counters)
             );
-            l?;
-            r?;
-            let table = table.into_inner().unwrap_or_else(|p| p.into_inner());
-            pump(Box::new(table.into_joined()), &mut chain, &mut out, None).await?;
         }
+        let target = match &plan.output {
+            StageOutput::Shuffle { partitioner, combine } => {
+                let h = &ctx.handles[info.outputs[0]];
+                Target::Shuffle {
+                    writer: ctx
+                        .client
+                        .open_writer(h, MapId(ctx.task), ctx.attempt, ctx.writer_options)
+                        .await?,
+                    partitioner,
+                    combine: combine.clone().map(CombineTable::new),
+                    buf: OutBuf::default(),
+                    raw_bytes: 0,
+                }
+            }
+            StageOutput::Sink { sink, format } => Target::Sink(SinkWriter::open(sink, format, ctx.task)?),
+        };
+        let mut out = Out {
+            target,
+            summary: plan.summary.as_ref().map(|f| f(ctx.task, info.tasks)),
+            records_out: 0,
+            reported_out: 0,
+            counters: ctx.counters,
+        };
+        let mut chain = Chain::new(&plan.ops);
+        let mut result = TaskOutput::default();
+        let counters = ctx.counters;
+        match &plan.input {
+            StageInput::Source(source) => {
+                pump(
+                    source.open(ctx.task)?,
+                    &mut chain,
+                    &mut out,
+                    Some(&mut result.records_in),
+                )
+                .await?;
+            }
+            StageInput::Pass => {
+                for reader in &mut readers {
+                    let mut seen = reader.stats();
+                    while let Some(batch) = reader.next_batch().await? {
+                        batch.for_each_record(|r| chain.push(r, &mut |r| out.accept(r)))?;
+                        count_read(counters, &mut seen, reader.stats());
+                        out.flush(Flush::Pending).await?;
+                    }
+                }
+            }
+            StageInput::Merge(agg) => {
+                let mut table = CombineTable::new(agg.clone());
+                for reader in &mut readers {
+                    drain_reader(reader, counters, |r| table.add_state(r)).await?;
+                }
+                pump(Box::new(table.into_final()), &mut chain, &mut out, None).await?;
+            }
+            StageInput::Sort => {
+                let mut buffer = SortBuffer::default();
+                for reader in &mut readers {
+                    drain_reader(reader, counters, |r| buffer.add(r)).await?;
+                }
+                pump(Box::new(buffer.into_sorted()), &mut chain, &mut out, None).await?;
+            }
+            StageInput::Join => {
+                let table = Mutex::new(JoinTable::default());
+                let (left, right) = match readers.as_mut_slice() {
+                    [l, r] => (l, r),
+                    _ => {
+                        return Err(EngineError::InvalidPlan {
+                            reason: format!("a join stage with {} inputs", info.inputs.len()),
+                        })
+                    }
+                };
+                // Both inputs are read at once: in a streaming shuffle, reading
+                // one to its end first can deadlock on the other's credit.
+                let (l, r) = tokio::join!(
+                    join_side(0, left, &table, counters),
+                    join_side(1, right, &table, counters)
+                );
+                l?;
+                r?;
+                let table = table.into_inner().unwrap_or_else(|p| p.into_inner());
+                pump(Box::new(table.into_joined()), &mut chain, &mut out, None).await?;
+            }
+        }
+        for reader in &readers {
+            let s = reader.stats();
+            result.records_in += s.records;
+            result.bytes_read += s.fetched_bytes;
+        }
+        out.finish(&mut result).await?;
+        Ok(result)
     }
-    for reader in &readers {
-        let s = reader.stats();
-        result.records_in += s.records;
-        result.bytes_read += s.fetched_bytes;
-    }
-    out.finish(&mut result).await?;
-    Ok(result)
 }

@@ -14,28 +14,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shuffle_client::protocol::PartitionId;
+use shuffle_client::protocol::{fnv1a64, PartitionId};
 
 use super::ops::Downstream;
 use super::source::RecordCursor;
 use crate::{kv, EngineError};
 
-/// Stable across processes and platforms, unlike `std`'s hasher.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// The partition of a key under hash partitioning.
+/// The partition of a key under hash partitioning: FNV-1a (stable across
+/// processes and platforms, unlike `std`'s hasher) modulo `partitions`.
 pub fn hash_partition(key: &[u8], partitions: u32) -> u32 {
-    (fnv1a(key) % u64::from(partitions.max(1))) as u32
+    (fnv1a64(key.iter().copied()) % u64::from(partitions.max(1))) as u32
 }
 
 /// How a stage's output pairs are spread over the next stage's tasks.
 #[derive(Clone, Debug)]
 pub enum Partitioner {
-    /// `fnv1a(key) % partitions`.
+    /// `fnv1a64(key) % partitions`.
     Hash { partitions: u32 },
     /// Partition `i` holds keys in `[bounds[i-1], bounds[i])`.
     Range { bounds: Arc<[Box<[u8]>]> },
@@ -103,6 +97,17 @@ pub enum Agg {
     Min,
     Max,
     Avg,
+}
+
+/// An aggregation by the name JSON and job files use (`sum`, `count`,
+/// `min`, `max`, `avg`).
+impl std::str::FromStr for Agg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        Agg::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    }
 }
 
 fn state_err(len: usize) -> EngineError {
@@ -203,15 +208,27 @@ impl CombineTable {
         }
     }
 
-    /// Adds a (key, value) pair (`raw`) or a (key, state) pair (`!raw`).
-    pub(crate) fn add(&mut self, record: &[u8], raw: bool) -> Result<(), EngineError> {
+    /// Adds a (key, value) pair: the value's state is folded in (the map
+    /// side's combine).
+    pub(crate) fn add_value(&mut self, record: &[u8]) -> Result<(), EngineError> {
         let (key, value) = kv::decode(record)?;
-        let incoming: &[u8] = if raw {
-            self.agg.init(value, &mut self.scratch)?;
-            &self.scratch
-        } else {
-            value
-        };
+        let mut state = std::mem::take(&mut self.scratch);
+        let folded = self
+            .agg
+            .init(value, &mut state)
+            .and_then(|()| self.fold(key, &state));
+        self.scratch = state;
+        folded
+    }
+
+    /// Adds a (key, state) pair, as a map-side combine emitted it (the
+    /// reduce side's merge).
+    pub(crate) fn add_state(&mut self, record: &[u8]) -> Result<(), EngineError> {
+        let (key, state) = kv::decode(record)?;
+        self.fold(key, state)
+    }
+
+    fn fold(&mut self, key: &[u8], incoming: &[u8]) -> Result<(), EngineError> {
         match self.states.get_mut(key) {
             Some(state) => self.agg.merge(state, incoming)?,
             None => {
@@ -445,6 +462,28 @@ mod tests {
         assert_eq!(Partitioner::range_from_sample(Vec::new(), 4).partitions(), 1);
     }
 
+    #[test]
+    fn hash_partitions_are_pinned() {
+        // Computed with the engine's former FNV-1a of its own: a key's
+        // partition must not move (workers and stored shuffles agree on it).
+        let pinned: [(&[u8], u32, u32); 6] = [
+            (b"", 7, 2),
+            (b"word", 7, 2),
+            (b"hello", 16, 11),
+            (&[0x00, 0xff], 3, 2),
+            (b"the quick brown fox", 64, 34),
+            (&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 1000, 378),
+        ];
+        for (key, partitions, expected) in pinned {
+            assert_eq!(hash_partition(key, partitions), expected, "{key:?}");
+        }
+        assert_eq!(hash_partition(b"word", 0), hash_partition(b"word", 1));
+        assert_eq!(
+            hash_partition(b"the quick brown fox", 1 << 20),
+            (0x59ae_b7b4_0bd8_c122u64 % (1 << 20)) as u32
+        );
+    }
+
     fn num(v: f64) -> Vec<u8> {
         kv::row([&v.to_le_bytes()[..]])
     }
@@ -455,9 +494,9 @@ mod tests {
         for half in values.chunks(values.len().div_ceil(2).max(1)) {
             let mut map = CombineTable::new(Arc::new(agg));
             for v in half {
-                map.add(&pair(b"k", &num(*v)), true).expect("add");
+                map.add_value(&pair(b"k", &num(*v))).expect("add");
             }
-            map.drain_states(|s| reduce.add(s, false)).expect("drain");
+            map.drain_states(|s| reduce.add_state(s)).expect("drain");
         }
         let out = drain(Box::new(reduce.into_final()));
         assert_eq!(out.len(), 1);
@@ -475,11 +514,18 @@ mod tests {
         assert_eq!(aggregate(Agg::Max, &values), "10");
         assert_eq!(aggregate(Agg::Avg, &values), "4");
         let mut t = CombineTable::new(Arc::new(Agg::Sum));
-        assert!(t.add(&pair(b"k", b"not a row"), true).is_err());
+        assert!(t.add_value(&pair(b"k", b"not a row")).is_err());
         assert!(
-            t.add(&pair(b"k", &[1, 2, 3]), false).is_ok(),
+            t.add_state(&pair(b"k", &[1, 2, 3])).is_ok(),
             "a state is taken as is"
         );
+    }
+
+    #[test]
+    fn aggregations_parse_by_their_json_names() {
+        assert_eq!("sum".parse::<Agg>(), Ok(Agg::Sum));
+        assert_eq!("avg".parse::<Agg>(), Ok(Agg::Avg));
+        assert!("Sum".parse::<Agg>().is_err_and(|e| e.contains("count")));
     }
 
     #[test]

@@ -10,44 +10,60 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::sink::push_csv_field;
-use crate::dataflow::{Agg, Column, ColumnType, Format, JobBuilder, Select, Sink};
+use crate::dataflow::{Agg, Column, ColumnType, Format, Job, JobBuilder, Select, Sink};
 use crate::jobs::params::at_least_one;
 use crate::jobs::summary::{self, RowsSummary};
 use crate::jobs::{parse_params, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
-/// Group-by's parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Group-by's parameters: JSON, a job file's `[params]`, or the flags of
+/// `engine run groupby`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupbyParams {
     /// Input CSV files, each with a header row (at least one).
+    #[arg(long = "input", value_name = "INPUT", num_args = 1.., required = true)]
     pub inputs: Vec<PathBuf>,
-    /// The key column: a header name or a 0-based index. Default 0.
+    /// Key column: a header name or a 0-based index. Default in JSON and
+    /// job files: 0.
+    #[arg(long = "key", value_name = "KEY")]
     pub key_column: Column,
-    /// The value column (numbers). Default 1; unused by `count`.
+    /// Value column (numbers): a header name or a 0-based index; unused by
+    /// count. Default in JSON and job files: 1.
+    #[arg(long = "value", value_name = "VALUE")]
     pub value_column: Column,
-    /// `sum`, `count`, `min`, `max` or `avg`. Default `count`.
+    /// sum, count, min, max or avg. Default in JSON and job files: count.
+    #[arg(long, default_value = "sum")]
     pub agg: Agg,
-    /// Reduce partitions. Default 16.
+    /// Reduce partitions. Default: 16.
+    #[arg(long, default_value_t = Self::DEFAULT.partitions, hide_default_value = true)]
     pub partitions: u32,
-    /// Map tasks: one per file by default, fewer if given.
+    /// Map tasks: one per file by default, fewer if given (not a flag).
+    #[arg(skip)]
     pub maps: Option<u32>,
     /// Folder for `part-NNNNN` files of `key,value` lines. Default: none.
+    #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+impl GroupbyParams {
+    /// The defaults of JSON and job files, and of the flags that have one
+    /// (but `--agg`, which defaults to `sum`).
+    pub const DEFAULT: GroupbyParams = GroupbyParams {
+        inputs: Vec::new(),
+        key_column: Column::Index(0),
+        value_column: Column::Index(1),
+        agg: Agg::Count,
+        partitions: 16,
+        maps: None,
+        output: None,
+    };
 }
 
 impl Default for GroupbyParams {
     fn default() -> Self {
-        GroupbyParams {
-            inputs: Vec::new(),
-            key_column: Column::Index(0),
-            value_column: Column::Index(1),
-            agg: Agg::Count,
-            partitions: 16,
-            maps: None,
-            output: None,
-        }
+        Self::DEFAULT
     }
 }
 

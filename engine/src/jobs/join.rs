@@ -11,44 +11,59 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::{Column, ColumnType, Format, JobBuilder, Select, Sink};
+use crate::dataflow::{Column, ColumnType, Format, Job, JobBuilder, Select, Sink};
 use crate::jobs::params::at_least_one;
 use crate::jobs::summary::{self, RowsSummary};
 use crate::jobs::{parse_params, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
-/// Join's parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Join's parameters: JSON, a job file's `[params]`, or the flags of
+/// `engine run join`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct JoinParams {
     /// Left CSV files, each with a header row (at least one).
+    #[arg(long, num_args = 1.., required = true)]
     pub left: Vec<PathBuf>,
     /// Right CSV files, each with a header row (at least one).
+    #[arg(long, num_args = 1.., required = true)]
     pub right: Vec<PathBuf>,
-    /// The left key column: a header name or a 0-based index. Default 0.
+    /// Key column of the left files: a header name or a 0-based index.
+    /// Default in JSON and job files: 0.
+    #[arg(long)]
     pub left_key: Column,
-    /// The right key column. Default 0.
+    /// Key column of the right files: a header name or a 0-based index.
+    /// Default in JSON and job files: 0.
+    #[arg(long)]
     pub right_key: Column,
-    /// Join partitions. Default 16.
+    /// Join partitions. Default: 16.
+    #[arg(long, default_value_t = Self::DEFAULT.partitions, hide_default_value = true)]
     pub partitions: u32,
-    /// Tasks per side: one per file by default, fewer if given.
+    /// Tasks per side: one per file by default, fewer if given (not a flag).
+    #[arg(skip)]
     pub maps: Option<u32>,
     /// Folder for `part-NNNNN` files of joined CSV rows. Default: none.
+    #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+impl JoinParams {
+    /// The defaults of JSON and job files, and of the flags that have one.
+    pub const DEFAULT: JoinParams = JoinParams {
+        left: Vec::new(),
+        right: Vec::new(),
+        left_key: Column::Index(0),
+        right_key: Column::Index(0),
+        partitions: 16,
+        maps: None,
+        output: None,
+    };
 }
 
 impl Default for JoinParams {
     fn default() -> Self {
-        JoinParams {
-            left: Vec::new(),
-            right: Vec::new(),
-            left_key: Column::Index(0),
-            right_key: Column::Index(0),
-            partitions: 16,
-            maps: None,
-            output: None,
-        }
+        Self::DEFAULT
     }
 }
 

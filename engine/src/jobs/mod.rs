@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Job;
+use crate::dataflow::Job;
 use crate::EngineError;
 
 /// A job to run, as sent to worker processes (JSON).

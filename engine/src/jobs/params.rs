@@ -36,6 +36,7 @@ pub fn parse_params<T: DeserializeOwned + Default>(
 /// (`protocol::units::parse_size`). Use with `#[serde(with = "size")]`.
 pub mod size {
     use serde::{Deserialize, Deserializer, Serializer};
+    use shuffle_client::protocol::units::parse_size;
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -53,7 +54,7 @@ pub mod size {
             .map_err(|_| serde::de::Error::custom("expected a size: bytes or a string like \"1GiB\""))?
         {
             Size::Bytes(n) => Ok(n),
-            Size::Text(t) => crate::units::parse_size(&t).map_err(serde::de::Error::custom),
+            Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
         }
     }
 }

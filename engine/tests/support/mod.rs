@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use engine::plan::{Job, JobResult, TaskContext, TaskCounters, TaskOutput};
+use engine::dataflow::Job;
+use engine::plan::{JobResult, TaskContext, TaskCounters, TaskOutput};
 use engine::EngineError;
 use shuffle_client::protocol::{AppId, AttemptId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{EmbeddedShuffle, ShuffleClient, ShuffleHandle, WriterOptions};

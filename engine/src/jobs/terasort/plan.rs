@@ -8,37 +8,49 @@
 //! generator's.
 
 use serde::{Deserialize, Serialize};
+use shuffle_client::protocol::units::parse_size;
 
 use super::{generate_row, RangePartitioner, TerasortConfig, KEY_LEN, RECORD_LEN};
-use crate::dataflow::{JobBuilder, Sink, Summary};
+use crate::dataflow::{Job, JobBuilder, Sink, Summary};
 use crate::jobs::params::at_least_one;
 use crate::jobs::{parse_params, summary, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
-/// TeraSort's parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// TeraSort's parameters: JSON, a job file's `[params]`, or the flags of
+/// `engine run terasort`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TerasortParams {
-    /// Bytes of data (`size / 100` records). Default 1 GiB.
+    /// Bytes of data to sort (1GiB, 256MiB, 10MB...), size / 100 records.
+    /// Default: 1GiB.
     #[serde(with = "crate::jobs::size")]
+    #[arg(long, value_parser = parse_size, default_value_t = Self::DEFAULT.size, hide_default_value = true)]
     pub size: u64,
-    /// Generator (map) tasks. Default 16.
-    pub maps: u32,
-    /// Reduce partitions. Default 64.
+    /// Reduce partitions. Default: 64.
+    #[arg(long, default_value_t = Self::DEFAULT.partitions, hide_default_value = true)]
     pub partitions: u32,
-    /// Seed of the generator. Default `0x5eed`.
+    /// Map tasks (generators). Default: 16.
+    #[arg(long, default_value_t = Self::DEFAULT.maps, hide_default_value = true)]
+    pub maps: u32,
+    /// Seed of the data generator. Default: 0x5eed.
+    #[arg(long, default_value_t = Self::DEFAULT.seed, hide_default_value = true)]
     pub seed: u64,
+}
+
+impl TerasortParams {
+    /// The defaults of JSON and job files, and of the flags that have one.
+    pub const DEFAULT: TerasortParams = TerasortParams {
+        size: 1 << 30,
+        partitions: 64,
+        maps: 16,
+        seed: 0x5eed,
+    };
 }
 
 impl Default for TerasortParams {
     fn default() -> Self {
-        TerasortParams {
-            size: 1 << 30,
-            maps: 16,
-            partitions: 64,
-            seed: 0x5eed,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -118,7 +130,8 @@ impl Summary for SortedSummary {
     }
 }
 
-fn config(p: &TerasortParams) -> Result<TerasortConfig, EngineError> {
+/// The generator's settings of valid parameters.
+pub(super) fn config(p: &TerasortParams) -> Result<TerasortConfig, EngineError> {
     let config = TerasortConfig {
         size_bytes: p.size,
         maps: at_least_one("maps", p.maps)?,

@@ -10,45 +10,58 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shuffle_client::protocol::units::parse_size;
 
 use super::for_each_word;
 use crate::dataflow::wide::hash_partition;
-use crate::dataflow::{Agg, JobBuilder, Sink, Summary};
+use crate::dataflow::{Agg, Job, JobBuilder, Sink, Summary};
 use crate::jobs::params::at_least_one;
 use crate::jobs::{parse_params, summary, JobSpec};
-use crate::plan::{Job, JobResult, TaskOutput};
+use crate::plan::{JobResult, TaskOutput};
 use crate::{kv, EngineError};
 
-/// WordCount's parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// WordCount's parameters: JSON, a job file's `[params]`, or the flags of
+/// `engine run wordcount`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct WordcountParams {
     /// Input text files (at least one).
+    #[arg(long = "input", value_name = "INPUT", num_args = 1.., required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Map tasks: the input is cut at line boundaries into about this many
-    /// splits (at least one per file). Overrides `split_size`.
-    pub maps: Option<u32>,
-    /// Bytes per map task (an integer or a string like `"32MiB"`) when
-    /// `maps` is not given: each file is cut into splits of this size, at
-    /// least one per file. Default 32 MiB.
-    #[serde(with = "crate::jobs::size")]
-    pub split_size: u64,
-    /// Reduce partitions. Default 16.
+    /// Reduce partitions. Default: 16.
+    #[arg(long, default_value_t = Self::DEFAULT.partitions, hide_default_value = true)]
     pub partitions: u32,
-    /// Folder for the `part-NNNNN` files (`word<TAB>count`, sorted by
-    /// word). Default: none, nothing is written.
+    /// Map tasks: the input is cut at line boundaries into about this many
+    /// splits (at least one per file). Overrides the split size. Default:
+    /// one per split size of input.
+    #[arg(long)]
+    pub maps: Option<u32>,
+    /// Bytes of input per map task (an integer, or a size like 32MiB) when
+    /// the map tasks are not given: each file is cut into splits of this
+    /// size, at least one per file. Default: 32MiB.
+    #[serde(with = "crate::jobs::size")]
+    #[arg(long, value_parser = parse_size, default_value_t = Self::DEFAULT.split_size, hide_default_value = true)]
+    pub split_size: u64,
+    /// Folder for the result files, `part-NNNNN` (`word<TAB>count`, sorted
+    /// by word). Default: none, nothing is written.
+    #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+impl WordcountParams {
+    /// The defaults of JSON and job files, and of the flags that have one.
+    pub const DEFAULT: WordcountParams = WordcountParams {
+        inputs: Vec::new(),
+        partitions: 16,
+        maps: None,
+        split_size: 32 << 20,
+        output: None,
+    };
 }
 
 impl Default for WordcountParams {
     fn default() -> Self {
-        WordcountParams {
-            inputs: Vec::new(),
-            maps: None,
-            split_size: 32 << 20,
-            partitions: 16,
-            output: None,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -8,11 +8,12 @@ use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, SpillStrategy};
 use shuffle_client::{EmbeddedShuffle, ShuffleHandle};
 use tokio::sync::mpsc;
 
-use super::executor::{Event, Executor};
-use super::scheduler::{ScheduleOutcome, SchedulePolicy, Scheduler, WorkerSlots};
-use super::wire::{FailureClass, TaskFailure, TaskKey};
+use super::{Runners, ScheduleOutcome, SchedulePolicy, Scheduler, SchedulerContext, WorkerSlots};
+use crate::cluster::executor::{Event, Executor};
+use crate::cluster::wire::{FailureClass, TaskFailure, TaskKey};
+use crate::dataflow::Job;
 use crate::jobs::terasort::{job, TerasortParams};
-use crate::plan::{Job, TaskOutput};
+use crate::plan::TaskOutput;
 use crate::progress::{Progress, ProgressMode};
 use crate::EngineError;
 
@@ -123,16 +124,19 @@ async fn run(
         max_attempts: 3,
         tick: Duration::from_millis(20),
     };
-    let scheduler = Scheduler::new(
+    let progress = Progress::new(ProgressMode::Off);
+    let scheduler = Scheduler::new(SchedulerContext {
         job,
-        &client,
-        AppId::new("sched").expect("app"),
+        client: &client,
+        app: AppId::new("sched").expect("app"),
         policy,
-        Scripted(ops_tx),
-        events_rx,
-        slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
-        &Progress::new(ProgressMode::Off),
-    );
+        runners: Runners {
+            exec: Scripted(ops_tx),
+            events: events_rx,
+            workers: slots.iter().map(|&s| WorkerSlots::new(s)).collect(),
+        },
+        progress: &progress,
+    });
     let (outcome, ()) = tokio::join!(scheduler.run(), script(Harness { ops, events }));
     outcome
 }

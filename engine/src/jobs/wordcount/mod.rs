@@ -10,27 +10,12 @@
 //!
 //! Files are cut into splits of about `split_size` bytes at line boundaries;
 //! each split is a map task that counts its words (a map-side combine) and
-//! sends `(word, count)` to partition `fnv1a(word) % partitions`. Reducers
+//! sends `(word, count)` to partition `fnv1a64(word) % partitions`. Reducers
 //! sum the counts and write `word<TAB>count` lines, sorted by word, to
 //! `part-NNNNN` files.
 
-use std::path::PathBuf;
-
-use shuffle_client::protocol::PartitionId;
-
 mod plan;
 pub use plan::{build, count_in_memory, job, WordcountParams};
-
-/// What to count.
-#[derive(Clone, Debug)]
-pub struct WordcountConfig {
-    pub inputs: Vec<PathBuf>,
-    pub partitions: u32,
-    /// Where to write `part-NNNNN` files; nothing is written without it.
-    pub output: Option<PathBuf>,
-    /// Target bytes per map task. Default 32 MiB.
-    pub split_size: u64,
-}
 
 /// Calls `each` with every word of `text`, lowercased (see the module docs).
 pub fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
@@ -47,11 +32,6 @@ pub fn for_each_word(text: &str, mut each: impl FnMut(&str)) {
             each(&word);
         }
     }
-}
-
-/// The partition a word goes to.
-pub fn partition_of(word: &[u8], partitions: u32) -> PartitionId {
-    PartitionId(crate::dataflow::wide::hash_partition(word, partitions))
 }
 
 #[cfg(test)]

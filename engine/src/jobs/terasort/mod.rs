@@ -10,6 +10,9 @@ use std::time::Instant;
 
 use shuffle_client::protocol::PartitionId;
 
+use crate::jobs::{parse_params, JobSpec};
+use crate::EngineError;
+
 mod plan;
 pub use plan::{build, job, TerasortParams};
 
@@ -141,6 +144,24 @@ pub fn generate_only(config: &TerasortConfig, parallelism: usize) -> (u64, f64) 
             .fold(0u64, u64::wrapping_add)
     });
     (sum, started.elapsed().as_secs_f64())
+}
+
+/// This machine's own baseline for a TeraSort run, measured in the same
+/// run: the seconds it takes to make the job's data alone, on all CPUs,
+/// without shuffling it. Added to a report's `extra` as
+/// `generate_seconds`; other jobs' reports are left as they are.
+pub fn add_baseline(
+    spec: &JobSpec,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), EngineError> {
+    if spec.name != "terasort" {
+        return Ok(());
+    }
+    let params: TerasortParams = parse_params(&spec.name, &spec.params)?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (_, seconds) = generate_only(&plan::config(&params)?, cpus);
+    extra.insert("generate_seconds".into(), serde_json::json!(seconds));
+    Ok(())
 }
 
 #[cfg(test)]

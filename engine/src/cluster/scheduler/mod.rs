@@ -12,20 +12,26 @@
 //!   region restarts, since blocks consumed from memory are gone.
 //!
 //! The whole job is one region: the built-in jobs are connected graphs,
-//! and the mode is chosen per job.
+//! and the mode is chosen per job. Failures are handled in `recovery.rs`;
+//! `tests.rs` runs the scheduler against a scripted executor.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec, SpillStrategy};
+use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{ShuffleClient, ShuffleHandle};
 use tokio::sync::mpsc;
 
-use super::executor::{Event, Executor};
-use super::wire::{Counts, FailureClass, TaskFailure, TaskKey};
-use crate::plan::{Job, StageId, TaskOutput};
+use crate::cluster::executor::{Event, Executor};
+use crate::cluster::wire::{Counts, TaskKey};
+use crate::dataflow::Job;
+use crate::plan::{StageId, TaskOutput};
 use crate::progress::{Progress, StageProgress};
 use crate::EngineError;
+
+mod recovery;
+#[cfg(test)]
+mod tests;
 
 /// How the scheduler behaves.
 #[derive(Clone, Debug)]
@@ -99,6 +105,26 @@ pub struct ScheduleOutcome {
     pub handles: Vec<ShuffleHandle>,
 }
 
+/// Where a scheduler's tasks run: the executor, the events it reports and
+/// the workers' slots.
+pub(crate) struct Runners<E> {
+    pub exec: E,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub workers: Vec<WorkerSlots>,
+}
+
+/// What a [`Scheduler`] runs, and with what.
+pub(crate) struct SchedulerContext<'a, C, E> {
+    pub job: &'a Job,
+    /// The shuffle service the job's shuffles are registered with.
+    pub client: &'a C,
+    pub app: AppId,
+    pub policy: SchedulePolicy,
+    pub runners: Runners<E>,
+    /// Where each stage's progress bar comes from.
+    pub progress: &'a Progress,
+}
+
 pub(crate) struct Scheduler<'a, C, E> {
     job: &'a Job,
     client: &'a C,
@@ -119,17 +145,20 @@ pub(crate) struct Scheduler<'a, C, E> {
 }
 
 impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        job: &'a Job,
-        client: &'a C,
-        app: AppId,
-        policy: SchedulePolicy,
-        exec: E,
-        events: mpsc::UnboundedReceiver<Event>,
-        workers: Vec<WorkerSlots>,
-        progress: &Progress,
-    ) -> Self {
+    pub(crate) fn new(ctx: SchedulerContext<'a, C, E>) -> Self {
+        let SchedulerContext {
+            job,
+            client,
+            app,
+            policy,
+            runners:
+                Runners {
+                    exec,
+                    events,
+                    workers,
+                },
+            progress,
+        } = ctx;
         let tasks = job
             .stages()
             .iter()
@@ -248,7 +277,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
     /// Pipelined runs a region's tasks all at once: refuse early rather
     /// than deadlock with producers waiting for consumers that never start.
     fn check_slots(&self) -> Result<(), EngineError> {
-        if self.policy.mode == ShuffleMode::Pipelined && self.total_tasks() > self.live_slots() {
+        if runs_region_at_once(self.policy.mode) && self.total_tasks() > self.live_slots() {
             return Err(EngineError::NotEnoughSlots {
                 mode: self.policy.mode,
                 needed: self.total_tasks(),
@@ -293,20 +322,20 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
 
     /// Whether the tasks of `stage` may start now, by mode.
     fn launchable(&self, stage: usize) -> bool {
-        let producers = self.job.stages()[stage]
+        let mode = self.policy.mode;
+        if runs_region_at_once(mode) {
+            return true;
+        }
+        let mut producers = self.job.stages()[stage]
             .inputs
             .iter()
             .map(|&e| self.job.edges()[e].from);
-        match self.policy.mode {
-            ShuffleMode::Blocking => {
-                let mut p = producers;
-                p.all(|s| self.stage_all(s, |t| matches!(t, TaskState::Done(_))))
-            }
-            ShuffleMode::Pipelined => true,
-            ShuffleMode::Hybrid(_) => {
-                let mut p = producers;
-                p.all(|s| self.stage_all(s, |t| !matches!(t, TaskState::Pending)))
-            }
+        if mode.streams() {
+            // Hybrid: once every producer it reads from has started.
+            producers.all(|s| self.stage_all(s, |t| !matches!(t, TaskState::Pending)))
+        } else {
+            // Blocking: once every producer it reads from has finished.
+            producers.all(|s| self.stage_all(s, |t| matches!(t, TaskState::Done(_))))
         }
     }
 
@@ -393,28 +422,7 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 }
             }
             Event::Failed { key, failure } => self.on_failure(key, failure).await?,
-            Event::WorkerLost { worker, reason } => {
-                let Some(w) = self.workers.get_mut(worker) else {
-                    return Ok(());
-                };
-                if !w.alive {
-                    return Ok(());
-                }
-                w.alive = false;
-                let lost: Vec<TaskKey> = w.running.iter().copied().collect();
-                self.bars[0].note(format!(
-                    "worker {worker} lost ({reason}); {} running task(s) will run again",
-                    lost.len()
-                ));
-                for key in lost {
-                    let failure = TaskFailure {
-                        class: FailureClass::Transient,
-                        message: format!("worker {worker} lost: {reason}"),
-                    };
-                    self.on_failure(key, failure).await?;
-                }
-                self.check_slots()?;
-            }
+            Event::WorkerLost { worker, reason } => self.on_worker_lost(worker, reason).await?,
         }
         Ok(())
     }
@@ -431,98 +439,6 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
         }
     }
 
-    async fn on_failure(&mut self, key: TaskKey, failure: TaskFailure) -> Result<(), EngineError> {
-        let Some(task) = self.task_mut(key) else {
-            return Ok(()); // a cancelled attempt
-        };
-        let TaskState::Running { worker, .. } = task.state else {
-            return Ok(());
-        };
-        task.state = TaskState::Pending;
-        task.failures += 1;
-        let failures = task.failures;
-        self.workers[worker].running.remove(&key);
-        let stage_name = self.job.stages()[key.stage.0 as usize].name.clone();
-        let source = || {
-            Box::new(EngineError::Remote {
-                class: failure.class,
-                message: failure.message.clone(),
-            })
-        };
-        if failure.class == FailureClass::Permanent {
-            return Err(EngineError::JobTaskFailed {
-                stage: stage_name,
-                task: key.task,
-                attempts: failures,
-                source: source(),
-            });
-        }
-        let region_wide = failure.class == FailureClass::InputGone
-            || matches!(
-                self.policy.mode,
-                ShuffleMode::Pipelined | ShuffleMode::Hybrid(SpillStrategy::Selective)
-            );
-        let limit = self.policy.max_attempts.max(1);
-        if region_wide {
-            self.region_restarts += 1;
-            if self.region_restarts >= limit {
-                return Err(EngineError::TooManyRestarts {
-                    restarts: self.region_restarts,
-                    limit: limit - 1,
-                    last: format!("{stage_name} task {}: {}", key.task, failure.message),
-                });
-            }
-            self.bars[key.stage.0 as usize].note(format!(
-                "{stage_name} task {} failed ({}); restarting the region",
-                key.task, failure.message
-            ));
-            return self.restart_region().await;
-        }
-        if failures >= limit {
-            return Err(EngineError::JobTaskFailed {
-                stage: stage_name,
-                task: key.task,
-                attempts: failures,
-                source: source(),
-            });
-        }
-        self.retries += 1;
-        self.bars[key.stage.0 as usize].note(format!(
-            "{stage_name} task {} attempt {} failed, running it again: {}",
-            key.task, key.attempt, failure.message
-        ));
-        Ok(())
-    }
-
-    fn cancel_all(&mut self) {
-        for (w, worker) in self.workers.iter_mut().enumerate() {
-            for key in std::mem::take(&mut worker.running) {
-                self.exec.cancel(w, key);
-            }
-        }
-    }
-
-    /// Stops every task, replaces the region's shuffles with fresh ones and
-    /// runs every task again (finished ones too: what they produced was
-    /// consumed, or may have been).
-    async fn restart_region(&mut self) -> Result<(), EngineError> {
-        self.cancel_all();
-        for handle in std::mem::take(&mut self.handles) {
-            if let Err(e) = self.client.unregister_shuffle(&handle).await {
-                note_on_first(&self.bars, format!("releasing shuffle {}: {e}", handle.shuffle()));
-            }
-        }
-        self.register_shuffles().await?;
-        for (s, stage) in self.tasks.iter_mut().enumerate() {
-            for task in stage.iter_mut() {
-                task.state = TaskState::Pending;
-                task.counts = Counts::default();
-            }
-            self.bars[s].reset();
-        }
-        Ok(())
-    }
-
     fn redraw(&self) {
         for (s, stage) in self.tasks.iter().enumerate() {
             let running = stage
@@ -537,8 +453,10 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
     }
 }
 
-fn note_on_first(bars: &[std::sync::Arc<StageProgress>], msg: String) {
-    if let Some(bar) = bars.first() {
-        bar.note(msg);
-    }
+/// The mode runs every task of a region at once (pipelined: producers
+/// and consumers stream through bounded memory, nothing waits on disk), so
+/// the region needs a slot per task. Not a protocol predicate: it is a
+/// scheduling rule of the engine's.
+fn runs_region_at_once(mode: ShuffleMode) -> bool {
+    mode == ShuffleMode::Pipelined
 }
