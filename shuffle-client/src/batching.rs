@@ -51,6 +51,8 @@ pub struct Batcher {
     options: WriterOptions,
     buffers: Vec<PartitionBuffer>,
     next_seq: Vec<u32>,
+    /// Bytes of the blocks sealed per partition (headers included).
+    sealed_bytes: Vec<u64>,
     buffered: usize,
     stats: WriteStats,
 }
@@ -71,6 +73,7 @@ impl Batcher {
             options,
             buffers: (0..num_partitions).map(|_| PartitionBuffer::default()).collect(),
             next_seq: vec![0; num_partitions as usize],
+            sealed_bytes: vec![0; num_partitions as usize],
             buffered: 0,
             stats: WriteStats::default(),
         }
@@ -159,6 +162,7 @@ impl Batcher {
         self.stats.blocks += 1;
         self.stats.raw_bytes += raw_len as u64;
         self.stats.pushed_bytes += block.encoded_len() as u64;
+        self.sealed_bytes[partition.index()] += block.encoded_len() as u64;
         ready.push(block);
         Ok(())
     }
@@ -178,6 +182,13 @@ impl Batcher {
 
     pub fn stats(&self) -> WriteStats {
         self.stats
+    }
+
+    /// Bytes of the blocks sealed so far, per partition: block headers plus
+    /// stored (compressed) payloads, what the service stores. They sum to
+    /// [`WriteStats::pushed_bytes`].
+    pub fn partition_bytes(&self) -> &[u64] {
+        &self.sealed_bytes
     }
 
     pub fn map(&self) -> MapId {
@@ -233,6 +244,14 @@ mod tests {
         let records: u64 = ready.iter().map(|blk| u64::from(blk.header.record_count)).sum();
         assert_eq!(records, 5000);
         assert_eq!(b.manifest().total_blocks(), ready.len() as u64);
+        // Per-partition bytes are each partition's sealed blocks, and add
+        // up to what was pushed.
+        let mut by_partition = vec![0u64; 1000];
+        for blk in &ready {
+            by_partition[blk.id().partition.index()] += blk.encoded_len() as u64;
+        }
+        assert_eq!(b.partition_bytes(), &by_partition[..]);
+        assert_eq!(by_partition.iter().sum::<u64>(), b.stats().pushed_bytes);
     }
 
     #[test]

@@ -112,7 +112,16 @@ impl ShuffleWriter for RemoteWriter {
         Ok(())
     }
 
-    async fn commit(mut self) -> Result<WriteStats, ClientError> {
+    async fn commit(self) -> Result<WriteStats, ClientError> {
+        Ok(self.commit_with_partition_bytes().await?.0)
+    }
+}
+
+impl RemoteWriter {
+    /// [`ShuffleWriter::commit`], also returning the bytes pushed per
+    /// partition ([`Batcher::partition_bytes`]): what an engine reports as
+    /// a map output's size per partition (Spark's `MapStatus`).
+    pub async fn commit_with_partition_bytes(mut self) -> Result<(WriteStats, Vec<u64>), ClientError> {
         self.batcher.finish(&mut self.ready)?;
         self.route_ready().await?;
         for index in 0..self.pending.len() {
@@ -123,6 +132,6 @@ impl ShuffleWriter for RemoteWriter {
         }
         let (map, attempt) = (self.batcher.map(), self.batcher.attempt());
         commit_on_every_server(&self.inner, &self.handle, map, attempt, &self.batcher.manifest()).await?;
-        Ok(self.batcher.stats())
+        Ok((self.batcher.stats(), self.batcher.partition_bytes().to_vec()))
     }
 }

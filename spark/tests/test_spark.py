@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Spark shuffles through the service: the plugin on a real local cluster.
+
+    python3 spark/tests/test_spark.py            # builds what it needs
+
+What it does: builds the plugin (`spark/build.sh`, which makes the PySpark
+venv if needed) and re-executes itself in that venv; starts two real
+`shuffle-server` daemons on ephemeral loopback ports; runs Spark in
+`local-cluster[2,1,1024]` mode (two executors, each its own JVM) with
+`spark.shuffle.manager=rss.spark.RssShuffleManager`, and the same jobs again
+on Spark's built-in sort shuffle (`local[2]`); each result must be equal.
+
+Checked besides the results: the bytes the servers received
+(`rss_push_bytes_total`) equal the shuffle-write bytes the plugin reported
+to Spark (block headers plus compressed payloads, as pushed), the bytes
+they served (`rss_fetch_bytes_total`) equal Spark's remote shuffle-read
+bytes, and no Spark shuffle file (`shuffle_*.data` / `.index`) appears in
+the executors' local directories (`SPARK_LOCAL_DIRS`).
+
+Environment: `SHUFFLE_SERVER_BIN` (default `target/debug/shuffle-server`,
+built if missing), `SPARK_VENV` (default `spark/.venv`), `RSS_SPARK_JAR`
+(skip the build). Needs Java 17.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+VENV = os.environ.get("SPARK_VENV", os.path.join(ROOT, "spark", ".venv"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+
+
+def build_jar():
+    if os.environ.get("RSS_SPARK_JAR"):
+        return os.environ["RSS_SPARK_JAR"]
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "spark", "build.sh"), "--venv", VENV],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+def in_venv():
+    return os.path.realpath(sys.prefix) == os.path.realpath(VENV)
+
+
+class Server:
+    """A shuffle-server daemon on ephemeral loopback ports."""
+
+    def __init__(self, binary, data_dir):
+        self.proc = subprocess.Popen(
+            [binary, "--data-dir", data_dir, "--listen", "127.0.0.1:0",
+             "--quic-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+             "--http-listen", "127.0.0.1:0", "--memory-budget", "256MiB"],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info"})
+        deadline = time.time() + 30
+        self.tcp = self.http = None
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError("shuffle-server exited before listening")
+            m = re.search(r"tcp=(\S+) .*http=(\S+)", line)
+            if "shuffle server listening" in line and m:
+                self.tcp, self.http = m.group(1), m.group(2)
+                break
+        if self.tcp is None:
+            raise RuntimeError("shuffle-server did not start")
+        # Keep draining its log so it never blocks on a full pipe.
+        import threading
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def counter(self, name):
+        text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def jobs(spark):
+    """Every job of the test: name -> a collected, comparable result."""
+    from operator import add
+    from pyspark.sql import functions as F
+
+    sc = spark.sparkContext
+    out = {}
+    nums = sc.parallelize(range(20000), 4)
+    out["reduceByKey"] = sorted(nums.map(lambda x: (x % 97, x)).reduceByKey(add, 8).collect())
+    out["groupByKey"] = sorted(
+        (k, sorted(v)) for k, v in nums.map(lambda x: (x % 13, x)).groupByKey(5).collect())
+    out["sortByKey"] = nums.map(lambda x: ((x * 7919) % 10007, x)).sortByKey(numPartitions=6).collect()
+    # Many records per partition, a few large ones.
+    out["bigValues"] = sorted(
+        sc.parallelize(range(200), 4).map(lambda x: (x % 7, "v" * (x * 50))).reduceByKey(
+            lambda a, b: a if len(a) >= len(b) else b, 3).mapValues(len).collect())
+    df = spark.range(0, 100000, numPartitions=4).selectExpr("id % 101 as k", "id as v")
+    out["groupBy"] = sorted(
+        tuple(r) for r in df.groupBy("k").agg(F.sum("v").alias("s"), F.count("*").alias("c")).collect())
+    # A skewed join with AQE: key 0 holds most rows.
+    left = spark.range(0, 60000, numPartitions=4).selectExpr(
+        "case when id % 10 < 7 then 0 else id % 50 end as k", "id as a")
+    right = spark.range(0, 5000, numPartitions=3).selectExpr("id % 50 as k", "id as b")
+    joined = left.join(right, "k").groupBy("k").agg(F.count("*").alias("n"), F.sum("a").alias("sa"))
+    out["skewJoin"] = sorted(tuple(r) for r in joined.collect())
+    return out
+
+
+def failing_job(sc):
+    """A map task that fails on its first attempt."""
+    from pyspark import TaskContext
+
+    def flaky(x):
+        ctx = TaskContext.get()
+        if ctx.partitionId() == 1 and ctx.attemptNumber() == 0:
+            raise RuntimeError("first attempt fails on purpose")
+        return (x % 11, 1)
+
+    return sorted(sc.parallelize(range(1000), 3).map(flaky).reduceByKey(lambda a, b: a + b).collect())
+
+
+def conf(builder, settings):
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    return builder
+
+
+COMMON = {
+    "spark.ui.port": "0",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    "spark.sql.adaptive.advisoryPartitionSizeInBytes": "2k",
+    "spark.sql.adaptive.skewJoin.enabled": "true",
+    "spark.sql.adaptive.skewJoin.skewedPartitionThresholdInBytes": "4k",
+    "spark.sql.adaptive.skewJoin.skewedPartitionFactor": "2",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+    "spark.sql.shuffle.partitions": "16",
+    "spark.task.maxFailures": "4",
+}
+
+
+def stage_totals(ui):
+    app = json.load(urllib.request.urlopen(f"{ui}/api/v1/applications", timeout=10))[0]["id"]
+    stages = json.load(urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/stages", timeout=10))
+    if os.environ.get("RSS_TEST_DEBUG"):
+        for s in stages:
+            print({k: v for k, v in s.items() if k.startswith("shuffle")}, file=sys.stderr)
+    write = sum(s.get("shuffleWriteBytes", 0) for s in stages)
+    remote = sum(s.get("shuffleRemoteBytesRead", 0) for s in stages)
+    local = sum(s.get("shuffleLocalBytesRead", 0) for s in stages)
+    return write, remote, local
+
+
+class SparkThroughTheService(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="rss-spark-test-")
+        binary = os.environ.get("SHUFFLE_SERVER_BIN", os.path.join(TARGET, "debug", "shuffle-server"))
+        cls.servers = []
+        for i in range(2):
+            data = os.path.join(cls.tmp, f"server{i}")
+            os.makedirs(data)
+            cls.servers.append(Server(binary, data))
+        cls.local_dirs = os.path.join(cls.tmp, "spark-local")
+        os.makedirs(cls.local_dirs)
+        os.environ["SPARK_LOCAL_DIRS"] = cls.local_dirs
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        from pyspark.sql import SparkSession
+
+        jar = os.environ["RSS_SPARK_JAR"]
+        urls = ",".join(f"tcp://{s.tcp}" for s in cls.servers)
+        rss = {
+            **COMMON,
+            "spark.shuffle.manager": "rss.spark.RssShuffleManager",
+            "spark.shuffle.sort.io.plugin.class": "rss.spark.RssShuffleDataIO",
+            "spark.rss.servers": urls,
+            "spark.driver.extraClassPath": jar,
+            "spark.executor.extraClassPath": jar,
+            "spark.executor.memory": "768m",
+        }
+        spark = conf(SparkSession.builder.master("local-cluster[2,1,1024]").appName("rss-test"), rss).getOrCreate()
+        try:
+            cls.results = jobs(spark)
+            time.sleep(1)  # the listener bus delivers stage metrics asynchronously
+            cls.spark_bytes = stage_totals(spark.sparkContext.uiWebUrl)
+            cls.server_bytes = (
+                sum(s.counter("rss_push_bytes_total") for s in cls.servers),
+                sum(s.counter("rss_fetch_bytes_total") for s in cls.servers),
+            )
+            cls.flaky = failing_job(spark.sparkContext)
+        finally:
+            spark.stop()
+        builtin = conf(SparkSession.builder.master("local[2]").appName("builtin"), COMMON).getOrCreate()
+        try:
+            cls.expected = jobs(builtin)
+            cls.expected_flaky = sorted(
+                builtin.sparkContext.parallelize(range(1000), 3).map(lambda x: (x % 11, 1))
+                .reduceByKey(lambda a, b: a + b).collect())
+        finally:
+            builtin.stop()
+
+    @classmethod
+    def tearDownClass(cls):
+        for s in getattr(cls, "servers", []):
+            s.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_every_job_equals_the_builtin_shuffle(self):
+        for name, expected in self.expected.items():
+            with self.subTest(job=name):
+                self.assertEqual(self.results[name], expected)
+
+    def test_a_task_failing_its_first_attempt_still_gives_the_right_result(self):
+        self.assertEqual(self.flaky, self.expected_flaky)
+
+    def test_servers_received_what_spark_counted(self):
+        write, remote, local = self.spark_bytes
+        pushed, fetched = self.server_bytes
+        self.assertGreater(pushed, 0)
+        self.assertEqual(pushed, write)
+        self.assertEqual(fetched, remote)
+        self.assertEqual(local, 0)
+
+    def test_no_spark_shuffle_file_in_the_executors_local_dirs(self):
+        found = [os.path.join(d, f) for d, _, files in os.walk(self.local_dirs)
+                 for f in files if re.match(r"shuffle_\d+_\d+_\d+\.(data|index)$", f)]
+        self.assertEqual(found, [])
+
+
+def main():
+    if not in_venv():
+        jar = build_jar()
+        binary = os.environ.get("SHUFFLE_SERVER_BIN", os.path.join(TARGET, "debug", "shuffle-server"))
+        if not os.path.exists(binary):
+            subprocess.run(["cargo", "build", "-p", "shuffle-server"], cwd=ROOT, check=True)
+        env = {**os.environ, "RSS_SPARK_JAR": jar}
+        os.execve(os.path.join(VENV, "bin", "python"),
+                  [os.path.join(VENV, "bin", "python"), os.path.abspath(__file__)] + sys.argv[1:], env)
+    unittest.main(verbosity=2)
+
+
+if __name__ == "__main__":
+    main()
