@@ -155,6 +155,31 @@ impl ShuffleControl for ControlService {
         }))
     }
 
+    async fn committed_sizes(
+        &self,
+        request: Request<CommittedSizesRequest>,
+    ) -> Result<Response<CommittedSizesReply>, Status> {
+        let r = request.into_inner();
+        let app = app_id(&r.app_id)?;
+        let (shuffle, map) = (ShuffleId(r.shuffle_id), r.one_map.then_some(MapId(r.map_id)));
+        // Walks the index under the shuffle's locks: off the async threads.
+        let sizes = self
+            .blocking(move |s| s.committed_sizes(&app, shuffle, map))
+            .await?;
+        Ok(Response::new(CommittedSizesReply {
+            committed: sizes.attempt.is_some(),
+            attempt: sizes.attempt.map_or(0, |a| a.0),
+            partitions: sizes
+                .partitions
+                .into_iter()
+                .map(|(p, bytes)| PartitionBytes {
+                    partition: p.0,
+                    bytes,
+                })
+                .collect(),
+        }))
+    }
+
     async fn server_status(&self, _request: Request<Empty>) -> Result<Response<ServerStatusReply>, Status> {
         let shared = &self.shared;
         // From memory: the store probes its disks on its own thread.

@@ -104,6 +104,16 @@ impl Default for RemoteOptions {
     }
 }
 
+/// What [`RemoteShuffle::committed_sizes`] returns.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CommittedSizes {
+    /// The committed attempt, when one map was asked for and it committed
+    /// on every server.
+    pub attempt: Option<AttemptId>,
+    /// Bytes per partition, one entry per partition.
+    pub bytes: Vec<u64>,
+}
+
 /// One server: its data plane and its control plane.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -257,6 +267,53 @@ impl RemoteShuffle {
             .collect::<Result<_, _>>()
             .map_err(ClientError::InvalidArgument)?;
         Self::connect(&urls, options).await
+    }
+
+    /// Bytes the servers store per partition (block headers plus stored
+    /// payloads, dense: one entry per partition) for the committed attempt
+    /// of `map`, or for every committed map with `None`; and, for one map,
+    /// which attempt committed (`None` until it committed on every
+    /// server). An engine whose map ran again after an earlier attempt
+    /// committed reports these sizes (Spark's `MapStatus`); adaptive
+    /// planning sizes partitions with them.
+    pub async fn committed_sizes(
+        &self,
+        handle: &ShuffleHandle,
+        map: Option<MapId>,
+    ) -> Result<CommittedSizes, ClientError> {
+        self.placement_of(handle)?;
+        let request = proto::CommittedSizesRequest {
+            app_id: handle.app().to_string(),
+            shuffle_id: handle.shuffle().0,
+            one_map: map.is_some(),
+            map_id: map.map_or(0, |m| m.0),
+        };
+        let replies = self
+            .on_every_server("committed_sizes", |mut c| {
+                let request = request.clone();
+                async move { c.committed_sizes(request).await }
+            })
+            .await?;
+        let partitions = handle.spec().num_partitions();
+        let mut bytes = vec![0u64; partitions as usize];
+        let mut attempts = Vec::new();
+        for (reply, server) in replies.iter().zip(self.inner.servers.iter()) {
+            attempts.push(reply.committed.then_some(AttemptId(reply.attempt)));
+            for p in &reply.partitions {
+                let slot = bytes
+                    .get_mut(p.partition as usize)
+                    .ok_or_else(|| ClientError::Corrupt {
+                        location: server.name.clone(),
+                        reason: format!("sizes name partition {} of {partitions}", p.partition),
+                    })?;
+                *slot += p.bytes;
+            }
+        }
+        let attempt = match attempts.first() {
+            Some(&Some(first)) if map.is_some() && attempts.iter().all(|a| *a == Some(first)) => Some(first),
+            _ => None,
+        };
+        Ok(CommittedSizes { attempt, bytes })
     }
 
     /// Checks that `handle` was placed over this client's servers.

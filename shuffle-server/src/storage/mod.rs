@@ -49,7 +49,7 @@ use protocol::ShuffleSpec;
 pub use self::disks::{DiskErrorKind, DiskStatus};
 pub use self::persist::{RecoveryReport, SetAside};
 pub use self::reader::PartitionReader;
-pub use self::shuffle::CommitOutcome;
+pub use self::shuffle::{CommitOutcome, CommittedSizes};
 pub use self::store::Store;
 pub use self::stream_read::{ShuffleRead, StreamBlock, StreamReader};
 pub use crate::budget::{Credit, MemoryBudget};

@@ -63,6 +63,16 @@ pub struct CommitOutcome {
     pub already_committed: bool,
 }
 
+/// What [`ShuffleState::committed_sizes`] found.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CommittedSizes {
+    /// The committed attempt, when one map was asked for and it committed.
+    pub attempt: Option<AttemptId>,
+    /// Bytes per partition (block headers plus stored payloads), only
+    /// partitions with bytes, sorted.
+    pub partitions: Vec<(PartitionId, u64)>,
+}
+
 type Shared<T> = Arc<Mutex<T>>;
 
 #[derive(Debug)]
@@ -561,6 +571,40 @@ impl ShuffleState {
         }
         let path = file.as_ref().and_then(|f| f.place().map(|p| p.path.clone()));
         Ok((path, plan))
+    }
+
+    /// Bytes stored per partition by the committed attempt of `map` (of
+    /// every committed map with `None`), sparse and sorted by partition,
+    /// and which attempt committed (`None` when `map` has not). Counts
+    /// what the write-time index holds: blocks on disk (a pipelined
+    /// shuffle's memory-only blocks are not counted).
+    pub(crate) fn committed_sizes(&self, map: Option<MapId>) -> Result<CommittedSizes, ServerError> {
+        if let Some(map) = map {
+            self.check_map(map)?;
+        }
+        let commits = lock(&self.commits);
+        let chosen: Vec<(MapId, &Committed)> = match map {
+            Some(map) => commits.by_map.get(&map).map(|c| (map, c)).into_iter().collect(),
+            None => commits.by_map.iter().map(|(m, c)| (*m, c)).collect(),
+        };
+        let mut bytes: BTreeMap<PartitionId, u64> = BTreeMap::new();
+        for (m, c) in &chosen {
+            for &(partition, count) in c.manifest.entries() {
+                let Some(file) = self.file(partition) else {
+                    continue;
+                };
+                let file = lock(&file);
+                let sum: u64 = (0..count)
+                    .filter_map(|seq| file.lookup(*m, c.attempt, seq))
+                    .map(|e| u64::from(e.len))
+                    .sum();
+                *bytes.entry(partition).or_insert(0) += sum;
+            }
+        }
+        Ok(CommittedSizes {
+            attempt: map.and_then(|_| chosen.first().map(|(_, c)| c.attempt)),
+            partitions: bytes.into_iter().filter(|(_, b)| *b > 0).collect(),
+        })
     }
 
     /// Bytes stored over all partitions (every attempt).

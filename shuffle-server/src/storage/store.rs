@@ -19,7 +19,7 @@ use super::layout::Layout;
 use super::locks::{rlock, wlock};
 use super::persist::{self, RecoveryReport};
 use super::reader::PartitionReader;
-use super::shuffle::{CommitOutcome, ShuffleState};
+use super::shuffle::{CommitOutcome, CommittedSizes, ShuffleState};
 use super::stream_index::MemoryGauge;
 use super::stream_push::StreamEnv;
 use super::stream_read::{ShuffleRead, StreamReader};
@@ -322,6 +322,20 @@ impl Store {
             sealed: state.is_sealed(),
             stored_bytes: state.stored_bytes(),
         })
+    }
+
+    /// Bytes stored per partition by the committed attempt of `map`, or by
+    /// every committed map with `None` (see [`CommittedSizes`]): a map
+    /// output's size, for an engine whose map ran again after an earlier
+    /// attempt committed, and a shuffle's size per partition, for adaptive
+    /// planning. Served on this store's partitions only.
+    pub fn committed_sizes(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        map: Option<MapId>,
+    ) -> Result<CommittedSizes, ServerError> {
+        self.shuffle(app, shuffle)?.committed_sizes(map)
     }
 
     /// Forgets a shuffle and deletes its files.

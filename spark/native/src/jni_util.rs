@@ -228,12 +228,17 @@ pub(crate) fn byte_array(env: &mut JNIEnv<'_>, data: &[u8]) -> Result<jbyteArray
 /// A new Java `long[]` (u64 values above `i64::MAX` cannot occur: byte
 /// and record counts).
 pub(crate) fn long_array(env: &mut JNIEnv<'_>, values: &[u64]) -> Result<jlongArray, Failure> {
-    let array = env.new_long_array(values.len() as i32)?;
     let longs: Vec<i64> = values
         .iter()
         .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
         .collect();
-    env.set_long_array_region(&array, 0, &longs)?;
+    signed_long_array(env, &longs)
+}
+
+/// A new Java `long[]`.
+pub(crate) fn signed_long_array(env: &mut JNIEnv<'_>, values: &[i64]) -> Result<jlongArray, Failure> {
+    let array = env.new_long_array(values.len() as i32)?;
+    env.set_long_array_region(&array, 0, values)?;
     Ok(array.into_raw())
 }
 

@@ -264,6 +264,31 @@ pub extern "system" fn Java_rss_spark_Native_abort<'l>(
     })
 }
 
+/// `long[] committedSizes(long client, byte[] handle, int map)`: `[the
+/// committed attempt or -1, bytes of partition 0, 1, ...]` for `map`, or
+/// for every committed map when `map` is negative (then the first entry
+/// is -1).
+#[no_mangle]
+pub extern "system" fn Java_rss_spark_Native_committedSizes<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    client: jlong,
+    handle: JByteArray<'l>,
+    map: jint,
+) -> jlongArray {
+    entry(&mut env, std::ptr::null_mut(), |env| {
+        // SAFETY: a live pointer from `connect`.
+        let client = unsafe { from_ptr::<Client>(client) }?;
+        let handle = handle::decode(&jni_util::bytes(env, &handle)?)?;
+        let map = u32::try_from(map).ok().map(MapId);
+        let sizes = runtime()?.block_on(client.shuffle.committed_sizes(&handle, map))?;
+        let mut out = Vec::with_capacity(sizes.bytes.len() + 1);
+        out.push(sizes.attempt.map_or(-1, |a| i64::from(a.0)));
+        out.extend(sizes.bytes.iter().map(|&b| i64::try_from(b).unwrap_or(i64::MAX)));
+        jni_util::signed_long_array(env, &out)
+    })
+}
+
 /// `long openReader(long client, byte[] handle, int partition, int startMap, int endMap)`
 #[no_mangle]
 pub extern "system" fn Java_rss_spark_Native_openReader<'l>(

@@ -69,6 +69,12 @@ final class Native {
 
   static native void abort(long writer) throws RssException;
 
+  /**
+   * {@code [committed attempt or -1, bytes of partition 0, 1, ...]} for {@code map}, or for
+   * every committed map when {@code map} is negative.
+   */
+  static native long[] committedSizes(long client, byte[] handle, int map) throws RssException;
+
   static native long openReader(
       long client, byte[] handle, int partition, int startMap, int endMap) throws RssException;
 

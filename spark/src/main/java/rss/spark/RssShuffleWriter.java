@@ -96,9 +96,30 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   }
 
   @Override
-  @SuppressWarnings("unchecked")
   public void write(scala.collection.Iterator<Product2<K, V>> input) throws IOException {
     long started = System.nanoTime();
+    try {
+      writeAndCommit(input);
+    } catch (RssException e) {
+      if (!e.kind().equals("CommitConflict") && !e.kind().equals("AttemptSuperseded")) {
+        throw e;
+      }
+      // An earlier attempt of this map committed (its executor was lost
+      // after the commit, or a speculative copy won): that output stands,
+      // so this attempt succeeds with its sizes. Nothing of this attempt is
+      // ever served, so it reports no records or bytes written.
+      abortNative();
+      long[] sizes = Native.committedSizes(manager.client(), handle.nativeHandle, context.partitionId());
+      if (sizes[0] < 0) {
+        throw e;
+      }
+      System.arraycopy(sizes, 1, partitionLengths, 0, partitionLengths.length);
+    }
+    metrics.incWriteTime(System.nanoTime() - started);
+  }
+
+  @SuppressWarnings("unchecked")
+  private void writeAndCommit(scala.collection.Iterator<Product2<K, V>> input) throws IOException {
     writer =
         Native.openWriter(
             manager.client(),
@@ -160,13 +181,13 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     for (int q = 0; q < chunks.length; q++) {
       handOver(q);
     }
-    long[] stats = Native.commit(writer);
+    long w = writer;
     writer = 0;
+    long[] stats = Native.commit(w);
     metrics.incRecordsWritten(records);
     // What the servers store: block headers plus (compressed) payloads.
     metrics.incBytesWritten(stats[3]);
     System.arraycopy(stats, 4, partitionLengths, 0, partitionLengths.length);
-    metrics.incWriteTime(System.nanoTime() - started);
   }
 
   /** Hands partition {@code p}'s chunk, if any, to the native writer. */
@@ -186,21 +207,26 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     chunk.reset();
   }
 
-  @Override
-  public Option<MapStatus> stop(boolean success) {
-    if (stopped) {
-      return Option.empty();
-    }
-    stopped = true;
+  /** Abandons the native writer, if open: its blocks are never served. */
+  private void abortNative() {
     if (writer != 0) {
       long w = writer;
       writer = 0;
       try {
         Native.abort(w);
       } catch (RssException e) {
-        // Abandoned either way: its blocks are never served.
+        // Freed either way.
       }
     }
+  }
+
+  @Override
+  public Option<MapStatus> stop(boolean success) {
+    if (stopped) {
+      return Option.empty();
+    }
+    stopped = true;
+    abortNative();
     if (!success) {
       return Option.empty();
     }
