@@ -54,6 +54,13 @@ Options: `--size` (1GiB, 256MiB...; default 1GiB), `--partitions` (64),
 and at least 2), `--repeat` (1), `--engine-bin` (default: build it),
 `--seed`, `--driver-memory` (8g), `--venv`, `--json`.
 
+`--shuffle rss` compares Spark with Spark instead: the same TeraSort in
+`local-cluster[2,1,M]` mode (two executor JVMs, `--executor-memory`, default
+2g), first on Spark's built-in sort shuffle, then through the shuffle
+service (`spark/build.sh` builds the plugin; one release `shuffle-server`
+is started on loopback), and prints both wall times and the ratio
+`rss / builtin` (both sides validated the same way).
+
 This is a stand-alone tool: not part of CI, imported by nothing. It uses only
 the standard library, plus PySpark inside its own venv.
 """
@@ -149,6 +156,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"virtual environment for PySpark (default {DEFAULT_VENV})")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with both results as the last stdout line")
+    parser.add_argument("--shuffle", choices=["engine", "rss"], default="engine",
+                        help="engine: the engine against Spark local[N] (default); rss: Spark with the "
+                             "shuffle-service plugin against Spark's built-in shuffle, both in "
+                             "local-cluster mode, same run")
+    parser.add_argument("--executor-memory", default="2g",
+                        help="--shuffle rss: spark.executor.memory of each of the two executors (default 2g)")
     args = parser.parse_args(argv)
     records = args.size // RECORD_LEN
     if records == 0:
@@ -413,22 +426,24 @@ def records_of(ids, seed: int):
     return df.select(key.alias("key"), value.alias("value"))
 
 
-def start_spark(args: argparse.Namespace):
+def start_spark(args: argparse.Namespace, master: str | None = None, extra: dict | None = None):
     from pyspark.sql import SparkSession
 
     # Local mode needs no network; this also silences the loopback warning.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     started = time.perf_counter()
-    spark = (
-        SparkSession.builder.master(f"local[{cpu_count()}]")
+    builder = (
+        SparkSession.builder.master(master or f"local[{cpu_count()}]")
         .appName("terasort-peer")
         .config("spark.driver.memory", args.driver_memory)
         .config("spark.sql.shuffle.partitions", str(args.partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.ansi.enabled", "false")
-        .getOrCreate()
     )
+    for key, value in (extra or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark, time.perf_counter() - started
 
@@ -510,10 +525,10 @@ def spark_terasort(spark, args: argparse.Namespace, baseline: tuple[int, int]) -
     }
 
 
-def run_spark(args: argparse.Namespace) -> dict:
+def run_spark(args: argparse.Namespace, master: str | None = None, extra: dict | None = None) -> dict:
     import pyspark
 
-    spark, startup = start_spark(args)
+    spark, startup = start_spark(args, master, extra)
     try:
         records = args.size // RECORD_LEN
         check_generator(spark, args.seed, records)
@@ -572,10 +587,86 @@ def others(share: float | None) -> str:
     return "" if share is None else f"; other processes used {share:.0%} of the CPUs meanwhile"
 
 
+class ShuffleServer:
+    """A release `shuffle-server` on ephemeral loopback ports, for --shuffle rss."""
+
+    def __init__(self, data_dir: Path):
+        subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "shuffle-server"],
+                       cwd=REPO_ROOT, check=True)
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
+        binary = target / "release" / "shuffle-server"
+        self.proc = subprocess.Popen(
+            [str(binary), "--data-dir", str(data_dir), "--create-data-dirs", "--listen", "127.0.0.1:0",
+             "--quic-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+             "--memory-budget", "512MiB"],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info"})
+        self.tcp = None
+        for line in self.proc.stderr:
+            m = re.search(r"shuffle server listening tcp=(\S+)", line)
+            if m:
+                self.tcp = m.group(1)
+                break
+        if self.tcp is None:
+            raise BenchError("shuffle-server did not start")
+        import threading
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def main_rss(args: argparse.Namespace, java: str) -> int:
+    """Spark with the plugin against Spark's built-in shuffle, same run."""
+    import tempfile
+
+    out = subprocess.run(["bash", str(REPO_ROOT / "spark" / "build.sh"), "--venv", str(args.venv)],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    jar = out.strip().splitlines()[-1]
+    host = machine()
+    master = f"local-cluster[2,1,{int(parse_size(args.executor_memory) / (1 << 20)) + 512}]"
+    common = {"spark.executor.memory": args.executor_memory,
+              "spark.driver.extraClassPath": jar, "spark.executor.extraClassPath": jar}
+    records = args.size // RECORD_LEN
+    print(f"terasort {human_bytes(args.size)} ({records} records), {args.partitions} partitions, "
+          f"{args.maps} maps, {master}, {args.repeat} run(s) per side", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="terasort-rss-") as tmp:
+        os.environ["SPARK_LOCAL_DIRS"] = str(Path(tmp) / "spark-local")
+        builtin = run_spark(args, master, common)
+        server = ShuffleServer(Path(tmp) / "server")
+        try:
+            rss = run_spark(args, master, {
+                **common,
+                "spark.shuffle.manager": "rss.spark.RssShuffleManager",
+                "spark.shuffle.sort.io.plugin.class": "rss.spark.RssShuffleDataIO",
+                "spark.rss.servers": f"tcp://{server.tcp}",
+            })
+        finally:
+            server.stop()
+    ratio = rss["wall_seconds"] / builtin["wall_seconds"]
+    print(f"machine: {host['cpu_model']}, {host['cpus']} CPUs ({host['os']})")
+    print(f"terasort: {human_bytes(args.size)}, {args.partitions} partitions, {args.maps} maps, {master}; "
+          f"median of {args.repeat} run(s)")
+    print(f"spark built-in shuffle: wall {builtin['wall_seconds']:.2f}s (valid)")
+    print(f"spark with the rss plugin: wall {rss['wall_seconds']:.2f}s (valid)")
+    print(f"ratio rss_wall / builtin_wall: {ratio:.2f}")
+    if args.json:
+        print(json.dumps({"benchmark": "terasort-spark-rss", "size_bytes": args.size,
+                          "partitions": args.partitions, "maps": args.maps, "master": master,
+                          "java": java, "machine": host, "builtin": builtin, "rss": rss,
+                          "ratio": ratio}), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     java = java_version()
     enter_venv(args.venv, argv)
+    if args.shuffle == "rss":
+        return main_rss(args, java)
     binary = engine_binary(args.engine_bin)
     host = machine()
     records = args.size // RECORD_LEN
