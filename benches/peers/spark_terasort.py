@@ -638,7 +638,9 @@ def main_rss(args: argparse.Namespace, java: str) -> int:
           f"{args.maps} maps, {master}, {args.repeat} run(s) per side", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="terasort-rss-") as tmp:
         os.environ["SPARK_LOCAL_DIRS"] = str(Path(tmp) / "spark-local")
-        builtin = run_spark(args, master, common)
+        # Runs first: the first session's settings become the gateway JVM's
+        # system properties, inherited by later sessions.
+        builtin = run_spark(args, master, {**common, "spark.shuffle.manager": "sort"})
         server = ShuffleServer(Path(tmp) / "server")
         try:
             rss = run_spark(args, master, {

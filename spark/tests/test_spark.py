@@ -123,6 +123,38 @@ def jobs(spark):
     return out
 
 
+def shuffle_files(root):
+    """Spark shuffle files under `root`."""
+    return [os.path.join(d, f) for d, _, files in os.walk(root)
+            for f in files if re.match(r"shuffle_\d+_\d+_\d+\.(data|index)$", f)]
+
+
+def fallback_job():
+    """`spark.rss.fallback=true` and no server listening: every shuffle uses
+    Spark's own sort shuffle (logged), and the job still runs."""
+    import socket
+    from operator import add
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    settings = {
+        "spark.ui.enabled": "false",
+        "spark.shuffle.manager": "rss.spark.RssShuffleManager",
+        "spark.rss.servers": f"tcp://127.0.0.1:{dead}",
+        "spark.rss.fallback": "true",
+        "spark.rss.connectTimeout": "1s",
+        "spark.rss.retryWindow": "1s",
+        "spark.driver.extraClassPath": os.environ["RSS_SPARK_JAR"],
+    }
+    spark = session("local[2]", "fallback", settings)
+    try:
+        return sorted(spark.sparkContext.parallelize(range(1000), 3)
+                      .map(lambda x: (x % 7, x)).reduceByKey(add, 4).collect())
+    finally:
+        spark.stop()
+
+
 def failing_job(sc):
     """A map task that fails on its first attempt."""
     from pyspark import TaskContext
@@ -134,6 +166,13 @@ def failing_job(sc):
         return (x % 11, 1)
 
     return sorted(sc.parallelize(range(1000), 3).map(flaky).reduceByKey(lambda a, b: a + b).collect())
+
+
+def session(master, name, settings):
+    """A new SparkSession with `settings`."""
+    from pyspark.sql import SparkSession
+
+    return conf(SparkSession.builder.master(master).appName(name), settings).getOrCreate()
 
 
 def conf(builder, settings):
@@ -171,6 +210,14 @@ def stage_totals(ui):
 class SparkThroughTheService(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        try:
+            cls.start()
+        except BaseException:
+            cls.tearDownClass()  # not called when setUpClass fails
+            raise
+
+    @classmethod
+    def start(cls):
         cls.tmp = tempfile.mkdtemp(prefix="rss-spark-test-")
         binary = os.environ.get("SHUFFLE_SERVER_BIN", os.path.join(TARGET, "debug", "shuffle-server"))
         cls.servers = []
@@ -182,8 +229,6 @@ class SparkThroughTheService(unittest.TestCase):
         os.makedirs(cls.local_dirs)
         os.environ["SPARK_LOCAL_DIRS"] = cls.local_dirs
         os.environ["PYSPARK_PYTHON"] = sys.executable
-        from pyspark.sql import SparkSession
-
         jar = os.environ["RSS_SPARK_JAR"]
         urls = ",".join(f"tcp://{s.tcp}" for s in cls.servers)
         rss = {
@@ -195,7 +240,7 @@ class SparkThroughTheService(unittest.TestCase):
             "spark.executor.extraClassPath": jar,
             "spark.executor.memory": "768m",
         }
-        spark = conf(SparkSession.builder.master("local-cluster[2,1,1024]").appName("rss-test"), rss).getOrCreate()
+        spark = session("local-cluster[2,1,1024]", "rss-test", rss)
         try:
             cls.results = jobs(spark)
             time.sleep(1)  # the listener bus delivers stage metrics asynchronously
@@ -205,16 +250,31 @@ class SparkThroughTheService(unittest.TestCase):
                 sum(s.counter("rss_fetch_bytes_total") for s in cls.servers),
             )
             cls.flaky = failing_job(spark.sparkContext)
+            # While the executors live: Spark deletes its local dirs at stop.
+            cls.shuffle_files = shuffle_files(cls.local_dirs)
         finally:
             spark.stop()
-        builtin = conf(SparkSession.builder.master("local[2]").appName("builtin"), COMMON).getOrCreate()
+        # The first session's settings became the gateway JVM's system
+        # properties (PySpark passes them to spark-submit), so later
+        # sessions inherit them: name Spark's own shuffle explicitly.
+        builtin = session("local[2]", "builtin", {
+            **COMMON,
+            "spark.shuffle.manager": "sort",
+            "spark.shuffle.sort.io.plugin.class": "org.apache.spark.shuffle.sort.io.LocalDiskShuffleDataIO",
+        })
+        manager = builtin.sparkContext.getConf().get("spark.shuffle.manager", "sort")
+        assert "Rss" not in manager, f"the built-in side runs {manager}"
         try:
             cls.expected = jobs(builtin)
             cls.expected_flaky = sorted(
                 builtin.sparkContext.parallelize(range(1000), 3).map(lambda x: (x % 11, 1))
                 .reduceByKey(lambda a, b: a + b).collect())
+            # The same scan finds the built-in shuffle's files (it can fail).
+            cls.builtin_shuffle_files = shuffle_files(cls.local_dirs)
         finally:
             builtin.stop()
+        # Last: it writes Spark's own shuffle files.
+        cls.fallback = fallback_job()
 
     @classmethod
     def tearDownClass(cls):
@@ -238,10 +298,15 @@ class SparkThroughTheService(unittest.TestCase):
         self.assertEqual(fetched, remote)
         self.assertEqual(local, 0)
 
+    def test_with_fallback_and_no_server_a_job_uses_the_sort_shuffle(self):
+        expected = {}
+        for x in range(1000):
+            expected[x % 7] = expected.get(x % 7, 0) + x
+        self.assertEqual(self.fallback, sorted(expected.items()))
+
     def test_no_spark_shuffle_file_in_the_executors_local_dirs(self):
-        found = [os.path.join(d, f) for d, _, files in os.walk(self.local_dirs)
-                 for f in files if re.match(r"shuffle_\d+_\d+_\d+\.(data|index)$", f)]
-        self.assertEqual(found, [])
+        self.assertEqual(self.shuffle_files, [])
+        self.assertNotEqual(self.builtin_shuffle_files, [])
 
 
 def main():
