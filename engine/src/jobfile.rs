@@ -41,6 +41,9 @@ pub struct JobFile {
     pub memory_budget: Option<toml::Value>,
     /// Hybrid-selective spill delay of the embedded service (`"1s"`).
     pub spill_after: Option<String>,
+    /// How long connection errors to a shuffle server are retried before
+    /// it is taken as lost (`"30s"`).
+    pub retry_window: Option<String>,
     pub max_attempts: Option<u32>,
     pub block_size: Option<toml::Value>,
     pub compress: Option<bool>,

@@ -167,6 +167,12 @@ struct CommonArgs {
     /// 2s...). Default: 1s.
     #[arg(long, value_parser = parse_duration)]
     spill_after: Option<Duration>,
+    /// How long a call to the shuffle servers retries connection errors
+    /// (a server restarting) before that server is taken as lost; the
+    /// producers of what it held then run again on the live servers.
+    /// Default: 30s.
+    #[arg(long, value_parser = parse_duration)]
+    retry_window: Option<Duration>,
     /// Attempts per task (and runs per region) before the job fails.
     /// Default: 3.
     #[arg(long)]
@@ -322,6 +328,13 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
         }
         (None, None) => Duration::from_secs(1),
     };
+    let retry_window = match (flags.retry_window, &file.retry_window) {
+        (Some(d), _) => Some(d),
+        (None, Some(text)) => {
+            Some(parse_duration(text).map_err(|e| anyhow::anyhow!("job file `retry_window`: {e}"))?)
+        }
+        (None, None) => None,
+    };
     let compress = !flags.no_compress && file.compress.unwrap_or(true);
     let servers = if flags.shuffle_servers.is_empty() {
         file.shuffle_servers.clone()
@@ -343,6 +356,7 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
                 flags.quic_pins.clone()
             },
             quic_ca: flags.quic_ca.clone().or(file.quic_ca.clone()),
+            retry_window_ms: retry_window.map(|d| d.as_millis() as u64),
         })
     };
     let executors = if workers == 0 {
@@ -414,10 +428,17 @@ fn print_report(report: &JobReport) {
         human_bytes(report.shuffle_bytes_read),
         human_bytes(report.stored_bytes)
     );
-    if report.retries > 0 || report.region_restarts > 0 {
+    if report.retries > 0 || report.region_restarts > 0 || report.maps_rerun > 0 {
         println!(
-            "  recovered: {} task retries, {} region restarts",
-            report.retries, report.region_restarts
+            "  recovered: {} task retries, {} region restarts, {} map tasks re-run",
+            report.retries, report.region_restarts, report.maps_rerun
+        );
+    }
+    for r in &report.recoveries {
+        let took = r.seconds.map_or("unfinished".to_string(), |s| format!("{s:.2}s"));
+        println!(
+            "  shuffle {} lost at {:.2}s: {} {} task(s) ran again on shuffle {} in {took}",
+            r.lost_shuffle, r.at, r.tasks_rerun, r.stage, r.new_shuffle
         );
     }
     for p in &report.problems {

@@ -47,6 +47,13 @@ pub struct JobReport {
     pub retries: u32,
     /// Times the whole region restarted (pipelined, hybrid-selective).
     pub region_restarts: u32,
+    /// Producer tasks that ran again because a shuffle server holding
+    /// their output was lost (blocking, hybrid-full).
+    pub maps_rerun: u32,
+    /// Each recovery from a lost shuffle: the stage run again, how many
+    /// tasks, and the time to recover.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recoveries: Vec<crate::cluster::scheduler::Recovery>,
     /// Map tasks of the first shuffle.
     pub maps: u32,
     /// Partitions of the last shuffle.
@@ -131,6 +138,8 @@ pub(crate) fn report_of(
         stages,
         retries: outcome.retries,
         region_restarts: outcome.region_restarts,
+        maps_rerun: outcome.maps_rerun,
+        recoveries: outcome.recoveries.clone(),
         maps: edges.first().map_or(0, |e| job.stages()[e.from.0 as usize].tasks),
         partitions: edges.last().map_or(0, |e| e.partitions),
         valid: result.valid,

@@ -405,6 +405,12 @@ service_errors! {
     20 LimitExceeded { limit: String, max: u64, requested: u64 }
         => "limit_exceeded", retryable: false, loses_data: false, ResourceExhausted,
            ("limit {limit} is {max}; this request needs {requested}");
+    /// `partition` was on data directory `dir`, which failed (I/O errors,
+    /// read-only, removed) and was taken out of service: what it held is
+    /// lost, even once the directory is back in service.
+    21 DiskFailed { partition: PartitionId, dir: String }
+        => "disk_failed", retryable: false, loses_data: true, DataLoss,
+           ("{partition} was on data directory {dir}, which failed and was taken out of service: its data is lost");
 }
 
 impl ServiceError {

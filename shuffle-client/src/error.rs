@@ -112,6 +112,15 @@ pub enum ClientError {
     /// gone. Not retryable: the producing region must run again.
     #[error("in-memory blocks of {map} in {partition} were already consumed by another reader")]
     DataGone { partition: PartitionId, map: MapId },
+    /// The data directory holding `partition` on `server` failed and was
+    /// taken out of service. Not retryable; the partition's data there is
+    /// lost (the producers run again, or a replica serves it).
+    #[error("{server}: {partition} was on data directory {dir}, which failed: its data is lost")]
+    DiskFailed {
+        server: String,
+        partition: PartitionId,
+        dir: String,
+    },
     /// Stored data does not match its index (truncated or overwritten file,
     /// undecodable block). Not retryable; the partition's data is lost.
     #[error("corrupt data ({location}): {reason}")]
@@ -132,6 +141,18 @@ pub enum ClientError {
     /// data lost.
     #[error("connection to {server}: {reason}")]
     Connection { server: String, reason: String },
+    /// `server` stayed unreachable for the whole retry window (see the
+    /// `retry` module for the bounds) during a call about `shuffle`, or
+    /// did not answer when this client connected: it is taken as lost,
+    /// with every partition of the shuffle it held. Not retryable; the
+    /// shuffle's data there is lost (the producers run again on a fresh
+    /// shuffle placed over the live servers).
+    #[error("{server} is lost ({reason}): shuffle {shuffle}'s partitions there are gone")]
+    ServerLost {
+        server: String,
+        shuffle: ShuffleId,
+        reason: String,
+    },
     /// A server limit (apps, shuffles, maps x partitions, connections)
     /// would be exceeded; `limit` names the setting. Not retryable as is
     /// (unregister something, or raise the limit). No data lost.
@@ -179,7 +200,32 @@ impl ClientError {
                 | ClientError::MissingBlocks { .. }
                 | ClientError::UnknownApp { .. }
                 | ClientError::DataGone { .. }
+                | ClientError::DiskFailed { .. }
+                | ClientError::ServerLost { .. }
         )
+    }
+
+    /// The shuffle whose stored data this error says is lost with a
+    /// server, if it says so: the engine then runs that shuffle's
+    /// producers again on a fresh shuffle.
+    pub fn lost_shuffle(&self) -> Option<ShuffleId> {
+        match self {
+            ClientError::ServerLost { shuffle, .. } => Some(*shuffle),
+            _ => None,
+        }
+    }
+
+    /// A connection error that outlasted the retry window of a call about
+    /// `shuffle` becomes [`ClientError::ServerLost`]; others pass.
+    pub(crate) fn into_lost(self, shuffle: ShuffleId) -> Self {
+        match self {
+            ClientError::Connection { server, reason } => ClientError::ServerLost {
+                server,
+                shuffle,
+                reason,
+            },
+            other => other,
+        }
     }
 
     /// Rebuilds the typed error a server sent (`server` names it).
@@ -271,6 +317,11 @@ impl ClientError {
             ServiceError::Internal { reason } => ClientError::Internal { server, reason },
             ServiceError::AttemptFailed { map, attempt } => ClientError::AttemptFailed { map, attempt },
             ServiceError::DataGone { partition, map } => ClientError::DataGone { partition, map },
+            ServiceError::DiskFailed { partition, dir } => ClientError::DiskFailed {
+                server,
+                partition,
+                dir,
+            },
             ServiceError::LimitExceeded {
                 limit,
                 max,

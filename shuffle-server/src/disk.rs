@@ -3,10 +3,18 @@
 use std::path::Path;
 
 /// What a check found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DiskProbe {
     pub free_bytes: Option<u64>,
-    pub writable: bool,
+    /// Why a file could not be created, written and removed there (`None`
+    /// when it could).
+    pub write_error: Option<std::io::Error>,
+}
+
+impl DiskProbe {
+    pub fn writable(&self) -> bool {
+        self.write_error.is_none()
+    }
 }
 
 /// Probes `dir`: free bytes for unprivileged users, and whether a file can
@@ -14,15 +22,15 @@ pub struct DiskProbe {
 pub fn probe(dir: &Path) -> DiskProbe {
     DiskProbe {
         free_bytes: free_bytes(dir),
-        writable: writable(dir),
+        write_error: write_test(dir).err(),
     }
 }
 
-fn writable(dir: &Path) -> bool {
+fn write_test(dir: &Path) -> std::io::Result<()> {
     let probe = dir.join(".rss-write-probe");
-    let ok = std::fs::write(&probe, b"ok").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    let written = std::fs::write(&probe, b"ok");
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
 }
 
 #[cfg(unix)]
@@ -55,8 +63,12 @@ mod tests {
     fn a_temp_dir_is_writable_and_has_free_space() {
         let tmp = tempfile::tempdir().expect("tmp");
         let p = probe(tmp.path());
-        assert!(p.writable);
+        assert!(p.writable());
         assert!(p.free_bytes.is_some_and(|b| b > 0));
-        assert!(!probe(&tmp.path().join("missing")).writable);
+        let missing = probe(&tmp.path().join("missing"));
+        assert_eq!(
+            missing.write_error.map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
     }
 }

@@ -114,6 +114,7 @@ impl ShuffleControl for ControlService {
         &self,
         request: Request<CommitMapRequest>,
     ) -> Result<Response<CommitMapReply>, Status> {
+        let _in_flight = self.shared.commits.enter();
         let r = request.into_inner();
         let app = app_id(&r.app_id)?;
         let manifest = CommitManifest::from_sparse(
@@ -192,6 +193,7 @@ impl ShuffleControl for ControlService {
                 stored_bytes: d.stored_bytes,
                 free_bytes: d.free_bytes.unwrap_or(0),
                 writable: d.writable,
+                healthy: d.healthy,
                 accepting: d.accepting,
                 reason: d.reason.unwrap_or_default(),
             })

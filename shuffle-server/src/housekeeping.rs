@@ -78,7 +78,7 @@ fn export_disk_metrics(shared: &Shared, before: &mut Exported) -> u64 {
         }
         m.disk_healthy
             .with_label_values(&[&label])
-            .set(i64::from(disk.writable));
+            .set(i64::from(disk.healthy));
         m.disk_accepting
             .with_label_values(&[&label])
             .set(i64::from(disk.accepting));

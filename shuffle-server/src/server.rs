@@ -2,15 +2,22 @@
 //! shutdown future resolves; then it drains.
 //!
 //! Drain order: mark draining (readyz 503; new apps, shuffles and pushes
-//! refused with `Draining`), wait until no push and no fetch is in flight
-//! (up to `drain_timeout`; meanwhile the data planes keep serving fetches
-//! of sealed data, and commits of maps in flight go through), stop the data
-//! planes, fsync what is open, stop the control plane and HTTP, return.
+//! refused with `Draining`), wait until no push, fetch or commit is in
+//! flight and none of the pushes or commits ended in the last
+//! [`DRAIN_QUIET`] (a map commits right after its last push: the drain
+//! must not end in between), up to `drain_timeout`; meanwhile the data
+//! planes keep serving fetches of sealed data, and commits of maps in
+//! flight go through. Then stop the data planes, fsync what is open, stop
+//! the control plane and HTTP, return.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long the drain waits after the last push or commit ended before it
+/// counts the server idle.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -233,9 +240,23 @@ impl Opened {
             loop {
                 shared.pushes.wait_idle().await;
                 shared.fetches.wait_idle().await;
-                if shared.pushes.count() == 0 && shared.fetches.count() == 0 {
+                shared.commits.wait_idle().await;
+                let quiet_for = [&shared.pushes, &shared.commits]
+                    .iter()
+                    .filter_map(|f| f.since_last_done())
+                    .min()
+                    .unwrap_or(DRAIN_QUIET);
+                let idle =
+                    shared.pushes.count() == 0 && shared.fetches.count() == 0 && shared.commits.count() == 0;
+                if idle && quiet_for >= DRAIN_QUIET {
                     return;
                 }
+                tokio::time::sleep(
+                    DRAIN_QUIET
+                        .saturating_sub(quiet_for)
+                        .max(Duration::from_millis(10)),
+                )
+                .await;
             }
         };
         if tokio::time::timeout(config.drain_timeout, idle).await.is_err() {

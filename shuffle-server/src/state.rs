@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     /// Pushes whose frame header arrived before any drain began.
     pub pushes: Arc<InFlight>,
     pub fetches: Arc<InFlight>,
+    /// Commits in flight (the drain waits for a map's commit after its
+    /// last push: see `server.rs`).
+    pub commits: Arc<InFlight>,
     pub connections: Arc<Connections>,
     /// Result of the last disk check: at least one data dir is writable.
     pub disks_ok: AtomicBool,
@@ -54,6 +57,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             pushes: Arc::default(),
             fetches: Arc::default(),
+            commits: Arc::default(),
             connections,
             disks_ok: AtomicBool::new(true),
             metrics,
@@ -254,6 +258,8 @@ impl Drop for ConnSlot {
 pub(crate) struct InFlight {
     count: AtomicUsize,
     idle: Notify,
+    /// When the last request ended (`None` before the first).
+    last_done: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Held while a request runs.
@@ -270,6 +276,14 @@ impl InFlight {
         self.count.load(Ordering::Acquire)
     }
 
+    /// How long ago the last request ended (`None`: none ever did).
+    pub fn since_last_done(&self) -> Option<Duration> {
+        self.last_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
     /// Resolves once nothing is in flight.
     pub async fn wait_idle(&self) {
         loop {
@@ -284,6 +298,11 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }

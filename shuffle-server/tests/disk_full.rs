@@ -10,8 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -22,45 +21,6 @@ use protocol::{
 };
 use shuffle_client::{RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleHandle, ShuffleReader};
 use shuffle_server::LocalServer;
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `dir`, or says why it cannot.
-    fn mount(dir: &Path, size: &str) -> Result<Option<Self>> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mounting a tmpfs to fill a disk for real needs root");
-            return Ok(None);
-        }
-        std::fs::create_dir_all(dir)?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: mount -t tmpfs failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return Ok(None);
-        }
-        Ok(Some(Tmpfs {
-            dir: dir.to_path_buf(),
-        }))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 fn options() -> RemoteOptions {
     RemoteOptions {

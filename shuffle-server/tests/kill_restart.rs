@@ -1,5 +1,5 @@
-//! The daemon killed with SIGKILL in the middle of a push: the client gets a
-//! typed, retryable error; after a restart on the same data directories the
+//! The daemon killed with SIGKILL in the middle of a push: once the retry
+//! window is over the client gets a typed `ServerLost` naming the shuffle; after a restart on the same data directories the
 //! sealed shuffle reads back whole and the unsealed one is gone.
 
 mod common;
@@ -109,9 +109,17 @@ async fn sealed_data_survives_kill_9_and_unsealed_data_is_discarded() -> Result<
             Ok(_) => bail!("writing to a killed server succeeded"),
         },
     };
+    // Still down after the retry window: the server is lost, and with it
+    // what the writer had pushed there.
     assert!(
-        matches!(failure, ClientError::Connection { .. }) && failure.is_retryable(),
-        "expected a retryable connection error, got {failure:?}"
+        matches!(
+            failure,
+            ClientError::ServerLost {
+                shuffle: ShuffleId(2),
+                ..
+            }
+        ) && failure.loses_data(),
+        "expected ServerLost for shuffle 2, got {failure:?}"
     );
 
     // Restart on the same data directory and the same addresses.

@@ -18,7 +18,7 @@ bytes, and no Spark shuffle file (`shuffle_*.data` / `.index`) appears in
 the executors' local directories (`SPARK_LOCAL_DIRS`).
 
 Environment: `SHUFFLE_SERVER_BIN` (default `target/debug/shuffle-server`,
-built if missing), `SPARK_VENV` (default `spark/.venv`), `RSS_SPARK_JAR`
+built, or brought up to date, first), `SPARK_VENV` (default `spark/.venv`), `RSS_SPARK_JAR`
 (skip the build). Needs Java 17.
 """
 
@@ -79,13 +79,19 @@ class Server:
         import threading
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
 
-    def counter(self, name):
+    def counter(self, name, label=""):
+        """The sum of `name`'s series (those whose labels contain `label`)."""
         text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
+            if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line:
                 total += float(line.rsplit(" ", 1)[1])
         return int(total)
+
+    def kill(self):
+        """SIGKILL: a lost server, not a drained one."""
+        self.proc.kill()
+        self.proc.wait(timeout=20)
 
     def stop(self):
         self.proc.terminate()
@@ -168,6 +174,109 @@ def failing_job(sc):
     return sorted(sc.parallelize(range(1000), 3).map(flaky).reduceByKey(lambda a, b: a + b).collect())
 
 
+def executor_pid():
+    """The executor JVM this Python worker runs under."""
+    pid = os.getpid()
+    while pid > 1:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                return pid
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    raise RuntimeError("no executor JVM above this Python worker")
+
+
+def executor_lost_after_commit_job(server, tmp):
+    """Map 0 commits; its executor is then killed (SIGKILL) while map 1
+    still runs. Without reliable storage Spark runs map 0 again in the same
+    stage attempt; that attempt's commit conflicts with the committed one,
+    and the writer succeeds with the committed attempt's sizes."""
+    import threading
+    from operator import add
+
+    marker = os.path.join(tmp, "map0-executor")
+    go = os.path.join(tmp, "map1-go")
+
+    def produce(index, _):
+        from pyspark import TaskContext
+        if index == 1:
+            deadline = time.time() + 120
+            while not os.path.exists(go) and time.time() < deadline:
+                time.sleep(0.1)
+        elif TaskContext.get().attemptNumber() == 0:
+            with open(marker + ".tmp", "w") as f:
+                f.write(str(executor_pid()))
+            os.rename(marker + ".tmp", marker)
+        return ((x % 13, x) for x in range(index * 5000, (index + 1) * 5000))
+
+    settings = {
+        **COMMON,
+        "spark.shuffle.manager": "rss.spark.RssShuffleManager",
+        # Spark's default: map outputs of a lost executor count as lost.
+        "spark.shuffle.sort.io.plugin.class": "org.apache.spark.shuffle.sort.io.LocalDiskShuffleDataIO",
+        "spark.rss.servers": f"tcp://{server.tcp}",
+        "spark.driver.extraClassPath": os.environ["RSS_SPARK_JAR"],
+        "spark.executor.extraClassPath": os.environ["RSS_SPARK_JAR"],
+        "spark.executor.memory": "768m",
+    }
+    spark = session("local-cluster[2,1,1024]", "executor-lost", settings)
+    try:
+        sc = spark.sparkContext
+        conflicts_before = server.counter("rss_rejected_requests_total", 'reason="commit_conflict"')
+        result = {}
+        job = threading.Thread(target=lambda: result.update(out=sorted(
+            sc.parallelize(range(2), 2).mapPartitionsWithIndex(produce).reduceByKey(add, 4).collect())))
+        job.start()
+        deadline = time.time() + 120
+        # Map 0 has committed once Spark counts it complete.
+        def map0_done():
+            tracker = sc.statusTracker()
+            infos = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+            return any(i is not None and i.numCompletedTasks >= 1 for i in infos)
+
+        while time.time() < deadline and not (os.path.exists(marker) and map0_done()):
+            time.sleep(0.1)
+        with open(marker) as f:
+            os.kill(int(f.read()), 9)
+        time.sleep(3)  # the driver notices the lost executor and queues map 0 again
+        open(go, "w").close()
+        job.join(timeout=180)
+        result["conflicts"] = server.counter(
+            "rss_rejected_requests_total", 'reason="commit_conflict"') - conflicts_before
+        return result
+    finally:
+        open(go, "w").close()
+        spark.stop()
+
+
+def lost_server_job(spark, victim, survivor):
+    """One server of two is killed between a shuffle's stages: the next
+    read of that shuffle fails, Spark runs the map stage again, and its
+    new attempt writes a fresh service shuffle on the server left."""
+    from operator import add
+
+    sc = spark.sparkContext
+    pairs = sc.parallelize(range(20000), 4).map(lambda x: (x % 101, x)).reduceByKey(add, 8)
+    first = sorted(pairs.collect())
+    pushed_before = survivor.counter("rss_push_bytes_total")
+    victim.kill()
+    second = sorted(pairs.collect())
+    pushed_after = survivor.counter("rss_push_bytes_total")
+    return {
+        "first": first,
+        "second": second,
+        "repushed": pushed_after - pushed_before,
+        "stage_attempts": stage_attempts(sc.uiWebUrl),
+    }
+
+
+def stage_attempts(ui):
+    """(stage id, attempt, status) of every stage attempt of the app."""
+    app = json.load(urllib.request.urlopen(f"{ui}/api/v1/applications", timeout=10))[0]["id"]
+    stages = json.load(urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/stages", timeout=10))
+    return sorted((s["stageId"], s["attemptId"], s["status"]) for s in stages)
+
+
 def session(master, name, settings):
     """A new SparkSession with `settings`."""
     from pyspark.sql import SparkSession
@@ -239,6 +348,9 @@ class SparkThroughTheService(unittest.TestCase):
             "spark.driver.extraClassPath": jar,
             "spark.executor.extraClassPath": jar,
             "spark.executor.memory": "768m",
+            # The lost-server job: give up on a dead server quickly.
+            "spark.rss.connectTimeout": "2s",
+            "spark.rss.retryWindow": "3s",
         }
         spark = session("local-cluster[2,1,1024]", "rss-test", rss)
         try:
@@ -252,8 +364,11 @@ class SparkThroughTheService(unittest.TestCase):
             cls.flaky = failing_job(spark.sparkContext)
             # While the executors live: Spark deletes its local dirs at stop.
             cls.shuffle_files = shuffle_files(cls.local_dirs)
+            # Last in this session: it kills a server.
+            cls.lost = lost_server_job(spark, cls.servers[1], cls.servers[0])
         finally:
             spark.stop()
+        cls.executor_lost = executor_lost_after_commit_job(cls.servers[0], cls.tmp)
         # The first session's settings became the gateway JVM's system
         # properties (PySpark passes them to spark-submit), so later
         # sessions inherit them: name Spark's own shuffle explicitly.
@@ -298,6 +413,27 @@ class SparkThroughTheService(unittest.TestCase):
         self.assertEqual(fetched, remote)
         self.assertEqual(local, 0)
 
+    def test_a_server_lost_between_stages_makes_spark_rerun_the_map_stage_on_the_one_left(self):
+        expected = {}
+        for x in range(20000):
+            expected[x % 101] = expected.get(x % 101, 0) + x
+        lost = self.lost
+        self.assertEqual(lost["first"], sorted(expected.items()))
+        self.assertEqual(lost["second"], sorted(expected.items()))
+        # The map stage ran again (a second attempt, complete) and its
+        # output went to the server left.
+        reruns = [a for a in lost["stage_attempts"] if a[1] >= 1 and a[2] == "COMPLETE"]
+        self.assertTrue(reruns, lost["stage_attempts"])
+        self.assertGreater(lost["repushed"], 0)
+
+    def test_a_map_run_again_after_its_executor_died_past_the_commit_succeeds(self):
+        expected = {}
+        for x in range(10000):
+            expected[x % 13] = expected.get(x % 13, 0) + x
+        self.assertEqual(self.executor_lost.get("out"), sorted(expected.items()))
+        # The second attempt's commit lost to the first (and did not fail the job).
+        self.assertGreaterEqual(self.executor_lost["conflicts"], 1)
+
     def test_with_fallback_and_no_server_a_job_uses_the_sort_shuffle(self):
         expected = {}
         for x in range(1000):
@@ -312,8 +448,8 @@ class SparkThroughTheService(unittest.TestCase):
 def main():
     if not in_venv():
         jar = build_jar()
-        binary = os.environ.get("SHUFFLE_SERVER_BIN", os.path.join(TARGET, "debug", "shuffle-server"))
-        if not os.path.exists(binary):
+        if not os.environ.get("SHUFFLE_SERVER_BIN"):
+            # Always: a stale binary would test an older server.
             subprocess.run(["cargo", "build", "-p", "shuffle-server"], cwd=ROOT, check=True)
         env = {**os.environ, "RSS_SPARK_JAR": jar}
         os.execve(os.path.join(VENV, "bin", "python"),

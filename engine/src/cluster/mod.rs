@@ -170,6 +170,7 @@ pub async fn run_job(
                 urls: vec![served.tcp_url()],
                 quic_pins: Vec::new(),
                 quic_ca: None,
+                retry_window_ms: None,
             };
             let result = run.on_workers(spec, spec_).await;
             if let Err(e) = served.shutdown().await {

@@ -40,9 +40,13 @@ pub async fn connect_remote(spec: &ServiceSpec) -> Result<RemoteShuffle, EngineE
             reason: "a worker process needs shuffle server URLs".into(),
         });
     }
+    let defaults = RemoteOptions::default();
     let options = RemoteOptions {
         quic_trust: quic_trust(spec)?,
-        ..RemoteOptions::default()
+        retry_window: spec
+            .retry_window_ms
+            .map_or(defaults.retry_window, std::time::Duration::from_millis),
+        ..defaults
     };
     let urls = spec.urls.join(",");
     RemoteShuffle::connect_str(&urls, options)

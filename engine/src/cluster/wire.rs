@@ -48,6 +48,10 @@ pub struct ServiceSpec {
     pub quic_pins: Vec<String>,
     /// PEM file of QUIC roots.
     pub quic_ca: Option<std::path::PathBuf>,
+    /// How long connection errors are retried before a server is taken as
+    /// lost; `None`: the client's default (30 s).
+    #[serde(default)]
+    pub retry_window_ms: Option<u64>,
 }
 
 /// A shuffle handle as sent to a worker.
@@ -162,6 +166,10 @@ pub enum FailureClass {
     /// Data the task needed was consumed from memory and is gone: its
     /// region must run again.
     InputGone,
+    /// A shuffle server holding part of `shuffle` was lost (its data
+    /// there is gone, or it takes no more writes): the shuffle's producers
+    /// run again on a fresh shuffle, and its consumers read that.
+    ShuffleLost { shuffle: u32 },
     /// Running it again cannot help (bad input, a bug).
     Permanent,
 }

@@ -37,6 +37,9 @@ pub fn classify(e: &EngineError) -> FailureClass {
     match e {
         EngineError::Remote { class, .. } => *class,
         EngineError::Shuffle(c) => match c {
+            c if c.lost_shuffle().is_some() => FailureClass::ShuffleLost {
+                shuffle: c.lost_shuffle().map_or(0, |s| s.0),
+            },
             c if c.is_retryable() || c.loses_data() => FailureClass::Transient,
             _ => FailureClass::Permanent,
         },

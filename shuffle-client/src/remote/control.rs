@@ -48,7 +48,12 @@ impl Control {
             }
         }
         let server = self.server.clone();
-        let reason = status.message().to_string();
+        // A status without a message (an older server that does not know
+        // the call answers a bare Unimplemented) still says what it was.
+        let reason = match status.message() {
+            "" => format!("{:?} with no message", status.code()),
+            m => format!("{m} ({:?})", status.code()),
+        };
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                 ClientError::Connection { server, reason }

@@ -1,9 +1,17 @@
 //! `RemoteShuffle`: the `ShuffleClient` for shuffle servers over the
 //! network, one server or many.
 //!
-//! * Placement: a shuffle's partitions are spread round-robin over the
-//!   servers at registration, from an offset derived from (app, shuffle);
-//!   the placement travels in the [`ShuffleHandle`].
+//! * Placement: at registration each server is asked its status (one try,
+//!   within `connect_timeout`); the shuffle is placed over those that
+//!   answer, are not draining and have a healthy data directory, its
+//!   partitions spread round-robin from an offset derived from (app,
+//!   shuffle), so no server holds more than one partition above its share.
+//!   The placement travels in the [`ShuffleHandle`] and never changes: a
+//!   server lost later loses its partitions of the shuffle
+//!   ([`ClientError::ServerLost`]), and the engine runs the producers
+//!   again on a fresh shuffle, placed over the servers live then.
+//! * Membership: servers that do not answer when the client connects are
+//!   left out (logged); the client fails only when none answers.
 //! * Pushes: a writer batches blocks per server and keeps a bounded number
 //!   of pushes in flight; a push that fails on a connection error is sent
 //!   again (the server drops the duplicates).
@@ -129,10 +137,15 @@ pub(crate) struct Server {
 /// app id, shuffle id, block count).
 const PUSH_FRAME_OVERHEAD: usize = 1024;
 
+/// The servers a shuffle was placed over, in its handle's order.
+pub(crate) type Placed = Arc<[Arc<Server>]>;
+
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The configured servers that answered when the client connected.
     pub servers: Vec<Arc<Server>>,
-    pub urls: Arc<[String]>,
+    /// The configured servers that did not, and why.
+    pub unreachable: Vec<(String, String)>,
     pub options: RemoteOptions,
     next_request: AtomicU64,
     heartbeats: Mutex<HashMap<AppId, tokio::task::JoinHandle<()>>>,
@@ -170,15 +183,46 @@ impl Inner {
         retry::retry(self.retry_policy(), what, op).await
     }
 
-    /// One push of blocks to server `index`, retried on connection errors.
+    /// The servers `handle` was placed over, as this client's connections.
+    /// A server this client could not reach when it connected is lost for
+    /// the shuffle; one it was never given is an invalid handle.
+    pub fn placed(&self, handle: &ShuffleHandle) -> Result<Placed, ClientError> {
+        let Placement::Spread { servers, .. } = handle.placement() else {
+            return Err(invalid_handle(format!(
+                "placed {:?}, not on remote servers",
+                handle.placement()
+            )));
+        };
+        servers
+            .iter()
+            .map(|name| {
+                if let Some(server) = self.servers.iter().find(|s| s.name == *name) {
+                    return Ok(server.clone());
+                }
+                match self.unreachable.iter().find(|(n, _)| n == name) {
+                    Some((_, reason)) => Err(ClientError::ServerLost {
+                        server: name.clone(),
+                        shuffle: handle.shuffle(),
+                        reason: format!("unreachable when this client connected: {reason}"),
+                    }),
+                    None => Err(invalid_handle(format!(
+                        "placed over {name}, which is not among this client's servers {:?}",
+                        self.servers.iter().map(|s| &s.name).collect::<Vec<_>>()
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// One push of blocks to `server`, retried on connection errors (a
+    /// server gone for the whole window is lost).
     pub async fn push(
         &self,
-        index: usize,
+        server: &Server,
         app: &AppId,
         shuffle: ShuffleId,
         blocks: Vec<Block>,
     ) -> Result<PushAck, ClientError> {
-        let server = &self.servers[index];
         let frame = Frame::PushBlocks(PushBlocks {
             request_id: self.request_id(),
             app: app.clone(),
@@ -208,7 +252,15 @@ impl Inner {
             }
         })
         .await
+        .map_err(|e| e.into_lost(shuffle))
     }
+}
+
+fn invalid_handle(reason: String) -> ClientError {
+    ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
+        what: "shuffle handle",
+        reason,
+    })
 }
 
 /// Shuffle servers over TCP or QUIC, as a [`ShuffleClient`].
@@ -219,7 +271,9 @@ pub struct RemoteShuffle {
 
 impl RemoteShuffle {
     /// Connects to every server (a data-plane hello, which also tells each
-    /// server's control-plane port). Fails on the first unreachable server.
+    /// server's control-plane port, one try within `connect_timeout`).
+    /// Servers that do not answer are left out and logged: shuffles are
+    /// placed over the others. Fails only when no server answers.
     pub async fn connect(urls: &[ServerUrl], options: RemoteOptions) -> Result<Self, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
@@ -228,9 +282,18 @@ impl RemoteShuffle {
             }));
         }
         let mut servers = Vec::with_capacity(urls.len());
+        let mut unreachable = Vec::new();
         for url in urls {
             let data = DataClient::new(url.clone(), options.connect_timeout, &options.quic_trust)?;
-            let hello = data.hello().await?;
+            let hello = match data.hello().await {
+                Ok(hello) => hello,
+                Err(e @ ClientError::Connection { .. }) => {
+                    tracing::warn!(server = %url, "left out: {e}");
+                    unreachable.push((url.to_string(), e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let name = url.to_string();
             let control = Control::new(
                 name.clone(),
@@ -247,11 +310,17 @@ impl RemoteShuffle {
                 push_batch_bytes,
             }));
         }
-        let names: Vec<String> = urls.iter().map(ToString::to_string).collect();
+        if servers.is_empty() {
+            let reasons: Vec<String> = unreachable.iter().map(|(_, r)| r.clone()).collect();
+            return Err(ClientError::Connection {
+                server: urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                reason: format!("no shuffle server answered: {}", reasons.join("; ")),
+            });
+        }
         Ok(RemoteShuffle {
             inner: Arc::new(Inner {
                 servers,
-                urls: names.into(),
+                unreachable,
                 options,
                 next_request: AtomicU64::new(1),
                 heartbeats: Mutex::new(HashMap::new()),
@@ -281,7 +350,7 @@ impl RemoteShuffle {
         handle: &ShuffleHandle,
         map: Option<MapId>,
     ) -> Result<CommittedSizes, ClientError> {
-        self.placement_of(handle)?;
+        let placed = self.inner.placed(handle)?;
         let request = proto::CommittedSizesRequest {
             app_id: handle.app().to_string(),
             shuffle_id: handle.shuffle().0,
@@ -289,7 +358,7 @@ impl RemoteShuffle {
             map_id: map.map_or(0, |m| m.0),
         };
         let replies = self
-            .on_every_server("committed_sizes", |mut c| {
+            .on_every_server(&placed, "committed_sizes", |mut c| {
                 let request = request.clone();
                 async move { c.committed_sizes(request).await }
             })
@@ -297,7 +366,7 @@ impl RemoteShuffle {
         let partitions = handle.spec().num_partitions();
         let mut bytes = vec![0u64; partitions as usize];
         let mut attempts = Vec::new();
-        for (reply, server) in replies.iter().zip(self.inner.servers.iter()) {
+        for (reply, server) in replies.iter().zip(placed.iter()) {
             attempts.push(reply.committed.then_some(AttemptId(reply.attempt)));
             for p in &reply.partitions {
                 let slot = bytes
@@ -316,21 +385,26 @@ impl RemoteShuffle {
         Ok(CommittedSizes { attempt, bytes })
     }
 
-    /// Checks that `handle` was placed over this client's servers.
-    fn placement_of(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
-        match handle.placement() {
-            Placement::Spread { servers, .. } if *servers == self.inner.urls => Ok(()),
-            other => Err(ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
-                what: "shuffle handle",
-                reason: format!(
-                    "placed over {other:?}, not over this client's servers {:?}",
-                    self.inner.urls
-                ),
-            })),
+    /// Stops heartbeating `app` (its registration then expires on the
+    /// servers unless another client heartbeats it or unregisters it).
+    pub fn stop_heartbeat(&self, app: &AppId) {
+        if let Some(task) = self
+            .inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(app)
+        {
+            task.abort();
         }
     }
 
-    fn server_index(&self, handle: &ShuffleHandle, partition: PartitionId) -> Result<usize, ClientError> {
+    /// The server of `placed` holding `partition`.
+    fn server_of(
+        placed: &Placed,
+        handle: &ShuffleHandle,
+        partition: PartitionId,
+    ) -> Result<Arc<Server>, ClientError> {
         let n = handle.spec().num_partitions();
         if partition.0 >= n {
             return Err(ClientError::PartitionOutOfRange {
@@ -338,12 +412,61 @@ impl RemoteShuffle {
                 num_partitions: n,
             });
         }
-        handle.placement().server_of(partition).ok_or_else(|| {
-            ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
-                what: "shuffle handle",
-                reason: "not placed on remote servers".into(),
-            })
-        })
+        handle
+            .placement()
+            .server_of(partition)
+            .and_then(|i| placed.get(i))
+            .cloned()
+            .ok_or_else(|| invalid_handle("not placed on remote servers".into()))
+    }
+
+    /// The servers a new shuffle is placed over: those that answer a status
+    /// call now (one try, within `connect_timeout`), are not draining and
+    /// have a healthy data directory. Fails when none qualifies, naming why
+    /// each was left out.
+    async fn live_servers(&self) -> Result<Vec<Arc<Server>>, ClientError> {
+        let mut live = Vec::new();
+        let mut left_out = Vec::new();
+        for server in &self.inner.servers {
+            let mut c = server.control.client.clone();
+            let status = tokio::time::timeout(
+                self.inner.options.connect_timeout,
+                c.server_status(proto::Empty {}),
+            )
+            .await;
+            let why = match status {
+                Err(_) => Some("no status reply within the connect timeout".to_string()),
+                Ok(Err(s)) => Some(server.control.error(s).to_string()),
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    if reply.draining {
+                        Some("draining".into())
+                    } else if !reply.disks.is_empty() && !reply.disks.iter().any(|d| d.healthy) {
+                        Some("no healthy data directory".into())
+                    } else {
+                        None
+                    }
+                }
+            };
+            match why {
+                None => live.push(server.clone()),
+                Some(why) => {
+                    tracing::warn!(server = %server.name, "left out of a new shuffle: {why}");
+                    left_out.push(format!("{}: {why}", server.name));
+                }
+            }
+        }
+        left_out.extend(self.inner.unreachable.iter().map(|(n, r)| format!("{n}: {r}")));
+        if live.is_empty() {
+            return Err(ClientError::Connection {
+                server: "every server".into(),
+                reason: format!(
+                    "no shuffle server can take a new shuffle: {}",
+                    left_out.join("; ")
+                ),
+            });
+        }
+        Ok(live)
     }
 
     /// Registers the app on every server once and starts its heartbeat.
@@ -402,24 +525,61 @@ impl RemoteShuffle {
         Ok(())
     }
 
-    /// Calls `f` on every server's control plane, in order, with retries.
-    async fn on_every_server<T, F, Fut>(&self, what: &str, f: F) -> Result<Vec<T>, ClientError>
+    /// Calls `f` on each of `servers`' control planes, in order, with
+    /// retries.
+    async fn on_every_server<T, F, Fut>(
+        &self,
+        servers: &[Arc<Server>],
+        what: &str,
+        f: F,
+    ) -> Result<Vec<T>, ClientError>
     where
         F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut out = Vec::with_capacity(self.inner.servers.len());
-        for server in &self.inner.servers {
-            let reply = self
-                .inner
-                .retry(what, || {
-                    let fut = f(server.control.client.clone());
-                    async move { fut.await.map_err(|s| server.control.error(s)) }
-                })
-                .await?;
-            out.push(reply.into_inner());
+        let mut out = Vec::with_capacity(servers.len());
+        for server in servers {
+            out.push(self.on_server(server, what, &f).await?);
         }
         Ok(out)
+    }
+
+    /// Calls `f` on each of `servers`' control planes, with retries, going
+    /// on past a server that fails (a lost server must not keep the others
+    /// from deleting their data); returns the first error.
+    async fn on_each_server_to_the_end<T, F, Fut>(
+        &self,
+        servers: &[Arc<Server>],
+        what: &str,
+        f: F,
+    ) -> Result<(), ClientError>
+    where
+        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut first_error = None;
+        for server in servers {
+            if let Err(e) = self.on_server(server, what, &f).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Calls `f` on one server's control plane, with retries.
+    async fn on_server<T, F, Fut>(&self, server: &Server, what: &str, f: &F) -> Result<T, ClientError>
+    where
+        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let reply = self
+            .inner
+            .retry(what, || {
+                let fut = f(server.control.client.clone());
+                async move { fut.await.map_err(|s| server.control.error(s)) }
+            })
+            .await?;
+        Ok(reply.into_inner())
     }
 }
 
@@ -455,14 +615,18 @@ impl ShuffleClient for RemoteShuffle {
             num_partitions: spec.num_partitions(),
             mode: u32::from(spec.mode().code()),
         };
-        self.on_every_server("register_shuffle", |mut c| {
+        // With no server live (the only one restarting), placing is
+        // retried like any call, for the retry window.
+        let live = self.inner.retry("place_shuffle", || self.live_servers()).await?;
+        self.on_every_server(&live, "register_shuffle", |mut c| {
             let request = request.clone();
             async move { c.register_shuffle(request).await }
         })
         .await?;
+        let names: Vec<String> = live.iter().map(|s| s.name.clone()).collect();
         let placement = Placement::Spread {
-            servers: self.inner.urls.clone(),
-            offset: placement_offset(app, shuffle, self.inner.servers.len()),
+            servers: names.into(),
+            offset: placement_offset(app, shuffle, live.len()),
         };
         Ok(ShuffleHandle::new(app.clone(), shuffle, spec, placement))
     }
@@ -474,7 +638,7 @@ impl ShuffleClient for RemoteShuffle {
         attempt: AttemptId,
         options: WriterOptions,
     ) -> Result<RemoteWriter, ClientError> {
-        self.placement_of(handle)?;
+        let placed = self.inner.placed(handle)?;
         let num_maps = handle.spec().num_maps();
         if map.0 >= num_maps {
             return Err(ClientError::MapOutOfRange { map, num_maps });
@@ -486,28 +650,41 @@ impl ShuffleClient for RemoteShuffle {
             handle.spec().num_partitions(),
             options,
         );
-        Ok(RemoteWriter::new(self.inner.clone(), handle.clone(), batcher))
+        Ok(RemoteWriter::new(
+            self.inner.clone(),
+            placed,
+            handle.clone(),
+            batcher,
+        ))
     }
 
     async fn push_blocks(&self, handle: &ShuffleHandle, blocks: Vec<Block>) -> Result<PushAck, ClientError> {
-        self.placement_of(handle)?;
+        let placed = self.inner.placed(handle)?;
         if blocks.is_empty() {
             // Nothing to send; still answer whether the shuffle exists.
             self.shuffle_status(handle).await?;
             return Ok(PushAck::default());
         }
-        let mut per_server: Vec<Vec<Block>> = vec![Vec::new(); self.inner.servers.len()];
+        let mut per_server: Vec<Vec<Block>> = vec![Vec::new(); placed.len()];
         for block in blocks {
-            per_server[self.server_index(handle, block.id().partition)?].push(block);
+            let index = handle
+                .placement()
+                .server_of(block.id().partition)
+                .filter(|&i| i < placed.len() && block.id().partition.0 < handle.spec().num_partitions())
+                .ok_or(ClientError::PartitionOutOfRange {
+                    partition: block.id().partition,
+                    num_partitions: handle.spec().num_partitions(),
+                })?;
+            per_server[index].push(block);
         }
         let mut total = PushAck::default();
-        for (index, blocks) in per_server.into_iter().enumerate() {
+        for (server, blocks) in placed.iter().zip(per_server) {
             if blocks.is_empty() {
                 continue;
             }
             let ack = self
                 .inner
-                .push(index, handle.app(), handle.shuffle(), blocks)
+                .push(server, handle.app(), handle.shuffle(), blocks)
                 .await?;
             total.stored += ack.stored;
             total.duplicates += ack.duplicates;
@@ -522,8 +699,8 @@ impl ShuffleClient for RemoteShuffle {
         attempt: AttemptId,
         manifest: CommitManifest,
     ) -> Result<CommitAck, ClientError> {
-        self.placement_of(handle)?;
-        commit_on_every_server(&self.inner, handle, map, attempt, &manifest).await
+        let placed = self.inner.placed(handle)?;
+        commit_on_every_server(&self.inner, &placed, handle, map, attempt, &manifest).await
     }
 
     async fn open_reader(
@@ -532,16 +709,16 @@ impl ShuffleClient for RemoteShuffle {
         partition: PartitionId,
         maps: MapRange,
     ) -> Result<RemoteReader, ClientError> {
-        self.placement_of(handle)?;
-        let index = self.server_index(handle, partition)?;
-        RemoteReader::open(self.inner.clone(), index, handle, partition, maps).await
+        let placed = self.inner.placed(handle)?;
+        let server = Self::server_of(&placed, handle, partition)?;
+        RemoteReader::open(self.inner.clone(), server, handle, partition, maps).await
     }
 
     async fn shuffle_status(&self, handle: &ShuffleHandle) -> Result<ShuffleStatus, ClientError> {
-        self.placement_of(handle)?;
+        let placed = self.inner.placed(handle)?;
         let request = shuffle_ref(handle);
         let replies = self
-            .on_every_server("shuffle_status", |mut c| {
+            .on_every_server(&placed, "shuffle_status", |mut c| {
                 let request = request.clone();
                 async move { c.shuffle_status(request).await }
             })
@@ -555,35 +732,41 @@ impl ShuffleClient for RemoteShuffle {
     }
 
     async fn unregister_shuffle(&self, handle: &ShuffleHandle) -> Result<(), ClientError> {
-        self.placement_of(handle)?;
+        // A server lost for this shuffle has nothing left to delete.
+        let placed: Vec<Arc<Server>> = match self.inner.placed(handle) {
+            Ok(placed) => placed.to_vec(),
+            Err(ClientError::ServerLost { .. }) => {
+                let servers: &[String] = match handle.placement() {
+                    Placement::Spread { servers, .. } => servers,
+                    Placement::Local => &[],
+                };
+                self.inner
+                    .servers
+                    .iter()
+                    .filter(|s| servers.contains(&s.name))
+                    .cloned()
+                    .collect()
+            }
+            Err(e) => return Err(e),
+        };
         let request = shuffle_ref(handle);
-        self.on_every_server("unregister_shuffle", |mut c| {
+        self.on_each_server_to_the_end(&placed, "unregister_shuffle", |mut c| {
             let request = request.clone();
             async move { c.unregister_shuffle(request).await }
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn unregister_app(&self, app: &AppId) -> Result<(), ClientError> {
-        if let Some(task) = self
-            .inner
-            .heartbeats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(app)
-        {
-            task.abort();
-        }
+        self.stop_heartbeat(app);
         let request = proto::AppRequest {
             app_id: app.to_string(),
         };
-        self.on_every_server("unregister_app", |mut c| {
+        self.on_each_server_to_the_end(&self.inner.servers, "unregister_app", |mut c| {
             let request = request.clone();
             async move { c.unregister_app(request).await }
         })
-        .await?;
-        Ok(())
+        .await
     }
 }
 
@@ -591,13 +774,14 @@ impl ShuffleClient for RemoteShuffle {
 /// of the manifest it holds. See the module docs for why the order matters.
 pub(crate) async fn commit_on_every_server(
     inner: &Inner,
+    placed: &Placed,
     handle: &ShuffleHandle,
     map: MapId,
     attempt: AttemptId,
     manifest: &CommitManifest,
 ) -> Result<CommitAck, ClientError> {
     let mut sealed = true;
-    for (index, server) in inner.servers.iter().enumerate() {
+    for (index, server) in placed.iter().enumerate() {
         let blocks: Vec<proto::BlockCount> = manifest
             .entries()
             .iter()
@@ -620,7 +804,8 @@ pub(crate) async fn commit_on_every_server(
                 let request = request.clone();
                 async move { c.commit_map(request).await.map_err(|s| server.control.error(s)) }
             })
-            .await?;
+            .await
+            .map_err(|e| e.into_lost(handle.shuffle()))?;
         sealed &= reply.into_inner().sealed;
     }
     Ok(CommitAck { sealed })

@@ -18,14 +18,14 @@ use protocol::{Block, MapRange, PartitionId};
 
 use super::conn::Stream;
 use super::retry::Backoff;
-use super::Inner;
+use super::{Inner, Server};
 use crate::{ClientError, ReadStats, RecordBatch, ShuffleHandle, ShuffleReader};
 
 /// Reader of one partition on a remote server.
 #[derive(Debug)]
 pub struct RemoteReader {
     inner: Arc<Inner>,
-    server: usize,
+    server: Arc<Server>,
     request: FetchRequest,
     stream: Option<Stream>,
     pending: VecDeque<Block>,
@@ -44,7 +44,7 @@ pub struct RemoteReader {
 impl RemoteReader {
     pub(crate) async fn open(
         inner: Arc<Inner>,
-        server: usize,
+        server: Arc<Server>,
         handle: &ShuffleHandle,
         partition: PartitionId,
         maps: MapRange,
@@ -75,10 +75,26 @@ impl RemoteReader {
         // shuffle, data gone...) is reported by `open_reader`, as in
         // process. A streaming fetch answers at once with an empty
         // `FetchBlocks` once attached, so this does not wait for producers.
+        // A server that stays unreachable for the retry window is lost.
+        let shuffle = handle.shuffle();
         if reader.resumable {
-            reader.fill().await?;
+            reader.fill().await.map_err(|e| e.into_lost(shuffle))?;
         } else {
-            reader.step().await?;
+            loop {
+                match reader.step().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        reader.stream = None;
+                        reader.server.data.reset();
+                        reader
+                            .backoff
+                            .wait("fetch", e)
+                            .await
+                            .map_err(|e| e.into_lost(shuffle))?;
+                    }
+                }
+            }
+            reader.backoff.reset();
         }
         Ok(reader)
     }
@@ -88,7 +104,7 @@ impl RemoteReader {
         while self.pending.is_empty() && !self.done {
             if let Some(reason) = &self.corrupt {
                 return Err(ClientError::Corrupt {
-                    location: self.inner.servers[self.server].name.clone(),
+                    location: self.server.name.clone(),
                     reason: reason.clone(),
                 });
             }
@@ -100,8 +116,12 @@ impl RemoteReader {
                     if !self.resumable {
                         return Err(e);
                     }
-                    self.inner.servers[self.server].data.reset();
-                    self.backoff.wait("fetch", e).await?;
+                    self.server.data.reset();
+                    let shuffle = self.request.shuffle;
+                    self.backoff
+                        .wait("fetch", e)
+                        .await
+                        .map_err(|e| e.into_lost(shuffle))?;
                     tracing::debug!(position = self.position, "resuming the fetch");
                 }
             }
@@ -111,7 +131,7 @@ impl RemoteReader {
 
     /// Receives one frame of the stream (opening it first if needed).
     async fn step(&mut self) -> Result<(), ClientError> {
-        let server = self.inner.servers[self.server].clone();
+        let server = self.server.clone();
         let timeout = self.inner.options.request_timeout;
         let frame = match self.stream.as_mut() {
             Some(stream) => stream.recv(timeout).await.map_err(|e| server.data.error(e))?,

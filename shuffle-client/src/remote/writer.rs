@@ -7,7 +7,7 @@ use std::sync::Arc;
 use protocol::Block;
 use tokio::task::JoinSet;
 
-use super::{commit_on_every_server, Inner};
+use super::{commit_on_every_server, Inner, Placed};
 use crate::batching::Batcher;
 use crate::{ClientError, PushAck, ShuffleHandle, ShuffleWriter, WriteStats};
 
@@ -15,6 +15,8 @@ use crate::{ClientError, PushAck, ShuffleHandle, ShuffleWriter, WriteStats};
 #[derive(Debug)]
 pub struct RemoteWriter {
     inner: Arc<Inner>,
+    /// The servers of the shuffle, indexed as its placement indexes them.
+    placed: Placed,
     handle: ShuffleHandle,
     batcher: Batcher,
     ready: Vec<Block>,
@@ -24,10 +26,11 @@ pub struct RemoteWriter {
 }
 
 impl RemoteWriter {
-    pub(crate) fn new(inner: Arc<Inner>, handle: ShuffleHandle, batcher: Batcher) -> Self {
-        let servers = inner.servers.len();
+    pub(crate) fn new(inner: Arc<Inner>, placed: Placed, handle: ShuffleHandle, batcher: Batcher) -> Self {
+        let servers = placed.len();
         RemoteWriter {
             inner,
+            placed,
             handle,
             batcher,
             ready: Vec::new(),
@@ -47,7 +50,7 @@ impl RemoteWriter {
                 .min(self.pending.len() - 1);
             // A push never exceeds the batch (so it fits the server's frame
             // limit) unless a single block does.
-            let batch = self.inner.servers[index].push_batch_bytes;
+            let batch = self.placed[index].push_batch_bytes;
             let len = block.encoded_len();
             let (blocks, bytes) = &self.pending[index];
             if !blocks.is_empty() && bytes + len > batch {
@@ -85,9 +88,10 @@ impl RemoteWriter {
             self.join_one().await?;
         }
         let inner = self.inner.clone();
+        let server = self.placed[index].clone();
         let (app, shuffle) = (self.handle.app().clone(), self.handle.shuffle());
         self.in_flight
-            .spawn(async move { inner.push(index, &app, shuffle, blocks).await });
+            .spawn(async move { inner.push(&server, &app, shuffle, blocks).await });
         Ok(())
     }
 
@@ -131,7 +135,15 @@ impl RemoteWriter {
             self.join_one().await?;
         }
         let (map, attempt) = (self.batcher.map(), self.batcher.attempt());
-        commit_on_every_server(&self.inner, &self.handle, map, attempt, &self.batcher.manifest()).await?;
+        commit_on_every_server(
+            &self.inner,
+            &self.placed,
+            &self.handle,
+            map,
+            attempt,
+            &self.batcher.manifest(),
+        )
+        .await?;
         Ok((self.batcher.stats(), self.batcher.partition_bytes().to_vec()))
     }
 }

@@ -10,11 +10,22 @@
 //! partition never moves once it holds data: when its directory fills up,
 //! appends to it fail (and leave its file and index as they were), while new
 //! partitions go elsewhere.
+//!
+//! Failure rule: a file-system call in a directory that fails for another
+//! reason than a lack of space or of process resources (EIO, a read-only
+//! file system, the directory removed...), or a probe that cannot write
+//! there, takes the directory out of service: logged at ERROR once,
+//! `rss_disk_healthy` 0, no new partition placed there. Every partition it
+//! held at that moment is lost (reads and appends get `DiskFailed`), even
+//! after a later probe succeeds and brings the directory back into service
+//! for new partitions: each partition remembers the directory's failure
+//! count when it was placed.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use super::layout::Layout;
 use crate::disk::DiskProbe;
@@ -60,6 +71,8 @@ pub struct DiskStatus {
     pub free_bytes: Option<u64>,
     /// A file could be created there at the last probe.
     pub writable: bool,
+    /// Writable and not taken out of service by a failure.
+    pub healthy: bool,
     /// New partitions may be placed there.
     pub accepting: bool,
     /// Why it does not accept new partitions (`None` when it does).
@@ -98,6 +111,10 @@ struct DataDir {
     /// room above the reserve.
     full: AtomicBool,
     writable: AtomicBool,
+    /// Why it is out of service (`None` while in service).
+    failure: Mutex<Option<String>>,
+    /// How many times it was taken out of service.
+    failures: AtomicU64,
     stored: AtomicU64,
     written: AtomicU64,
     errors: [AtomicU64; 2],
@@ -124,6 +141,8 @@ impl Disks {
                 free: AtomicU64::new(UNKNOWN),
                 full: AtomicBool::new(false),
                 writable: AtomicBool::new(true),
+                failure: Mutex::new(None),
+                failures: AtomicU64::new(0),
                 stored: AtomicU64::new(0),
                 written: AtomicU64::new(0),
                 errors: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -144,6 +163,9 @@ impl Disks {
     /// Why directory `dir` takes no new partition now; `None` if it does.
     fn refusal(&self, dir: usize) -> Option<String> {
         let d = &self.dirs[dir];
+        if let Some(reason) = d.failure() {
+            return Some(format!("failed: {reason}"));
+        }
         if !d.writable.load(Ordering::Acquire) {
             return Some("not writable".into());
         }
@@ -205,9 +227,49 @@ impl Disks {
             });
     }
 
+    /// How many times `dir` was taken out of service: a partition placed
+    /// there records it (see the module docs).
+    pub(crate) fn failures(&self, dir: usize) -> u64 {
+        self.dirs[dir].failures.load(Ordering::Acquire)
+    }
+
+    /// The error for `partition`, placed in `dir` when the directory had
+    /// failed `failures` times, if the directory failed since.
+    pub(crate) fn lost(
+        &self,
+        dir: usize,
+        failures: u64,
+        partition: protocol::PartitionId,
+    ) -> Result<(), ServerError> {
+        let d = &self.dirs[dir];
+        if d.failures.load(Ordering::Acquire) == failures {
+            return Ok(());
+        }
+        Err(ServerError::Service(protocol::ServiceError::DiskFailed {
+            partition,
+            dir: d.path.display().to_string(),
+        }))
+    }
+
+    /// Takes `dir` out of service (see the module docs); logged once per
+    /// episode.
+    fn take_out(&self, dir: usize, reason: String) {
+        let d = &self.dirs[dir];
+        let mut failure = d.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.is_none() {
+            d.failures.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(
+                dir = %d.path.display(),
+                "data directory failed ({reason}): taken out of service; the partitions it held are lost"
+            );
+            *failure = Some(reason);
+        }
+    }
+
     /// Records a failed file-system call in `dir` and turns it into the
     /// store's error. A lack of space stops new partitions there until a
-    /// probe finds room again; it is logged once per episode.
+    /// probe finds room again; it is logged once per episode. Another
+    /// failure of the disk takes it out of service (see the module docs).
     pub(crate) fn failed(&self, dir: usize, op: &'static str, path: &Path, e: io::Error) -> ServerError {
         let d = &self.dirs[dir];
         let kind = DiskErrorKind::of(&e);
@@ -222,9 +284,10 @@ impl Disks {
                     );
                 }
             }
-            DiskErrorKind::Io => {
+            DiskErrorKind::Io if is_process_limit(&e) => {
                 tracing::warn!(dir = %d.path.display(), "{op} {} failed: {e}", path.display());
             }
+            DiskErrorKind::Io => self.take_out(dir, format!("{op} {}: {e}", path.display())),
         }
         ServerError::io(op, path)(e)
     }
@@ -232,7 +295,22 @@ impl Disks {
     /// Takes a probe's findings for `dir`.
     pub(crate) fn probed(&self, dir: usize, probe: DiskProbe) {
         let d = &self.dirs[dir];
-        d.writable.store(probe.writable, Ordering::Release);
+        d.writable.store(probe.writable(), Ordering::Release);
+        match &probe.write_error {
+            Some(e) if DiskErrorKind::of(e) == DiskErrorKind::Io && !is_process_limit(e) => {
+                self.take_out(dir, format!("write probe: {e}"));
+            }
+            Some(_) => {}
+            None => {
+                let mut failure = d.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(reason) = failure.take() {
+                    tracing::info!(
+                        dir = %d.path.display(),
+                        "data directory back in service (it failed: {reason}); new partitions may go there"
+                    );
+                }
+            }
+        }
         let free = probe.free_bytes.unwrap_or(UNKNOWN);
         d.free.store(free, Ordering::Release);
         // Room again (an app was deleted, space freed by hand...).
@@ -259,6 +337,7 @@ impl Disks {
                     path: d.path.clone(),
                     free_bytes: (free != UNKNOWN).then_some(free),
                     writable: d.writable.load(Ordering::Acquire),
+                    healthy: d.writable.load(Ordering::Acquire) && d.failure().is_none(),
                     accepting: reason.is_none(),
                     reason,
                     stored_bytes: d.stored.load(Ordering::Relaxed),
@@ -268,6 +347,23 @@ impl Disks {
             })
             .collect()
     }
+}
+
+impl DataDir {
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Errors of the process, not of the disk: no reason to take it out.
+fn is_process_limit(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EINTR | libc::EAGAIN)
+    )
 }
 
 /// Caps the number of partition files held open for appending, over the
@@ -306,7 +402,7 @@ mod tests {
     fn probe(free: u64) -> DiskProbe {
         DiskProbe {
             free_bytes: Some(free),
-            writable: true,
+            write_error: None,
         }
     }
 
@@ -347,5 +443,54 @@ mod tests {
             io::Error::from_raw_os_error(libc::EIO),
         );
         assert_eq!(disks.status()[0].errors, [0, 1]);
+    }
+
+    #[test]
+    fn a_failed_dir_is_out_of_service_and_its_partitions_stay_lost() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let names: Vec<PathBuf> = ["a", "b"].iter().map(|n| tmp.path().join(n)).collect();
+        let disks = Disks::new(Layout::new(&names, true).expect("layout"), 100, 8);
+        disks.probed(0, probe(1000));
+        disks.probed(1, probe(1000));
+        let placed = disks.failures(0);
+        assert!(disks.lost(0, placed, protocol::PartitionId(3)).is_ok());
+        // Running out of file handles is not the disk's fault.
+        let _ = disks.failed(
+            0,
+            "open",
+            Path::new("/a/x"),
+            io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        assert_eq!(disks.candidates(0).collect::<Vec<_>>(), vec![0, 1]);
+        // EIO is.
+        let _ = disks.failed(
+            0,
+            "append to",
+            Path::new("/a/x"),
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        let status = &disks.status()[0];
+        assert!(!status.healthy && !status.accepting, "{status:?}");
+        assert!(status.to_string().contains("failed: append to /a/x"), "{status}");
+        assert_eq!(disks.candidates(0).collect::<Vec<_>>(), vec![1]);
+        let lost = disks.lost(0, placed, protocol::PartitionId(3)).expect_err("lost");
+        assert!(lost.to_string().contains("partition-3"), "{lost}");
+        // A probe that writes again brings it back for new partitions; the
+        // old ones stay lost.
+        disks.probed(0, probe(1000));
+        assert!(disks.status()[0].healthy);
+        assert_eq!(disks.candidates(0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(disks.lost(0, placed, protocol::PartitionId(3)).is_err());
+        assert!(disks.lost(0, disks.failures(0), protocol::PartitionId(3)).is_ok());
+        // A probe that cannot write (read-only) takes it out again.
+        disks.probed(
+            0,
+            DiskProbe {
+                free_bytes: Some(1000),
+                write_error: Some(io::Error::from_raw_os_error(libc::EROFS)),
+            },
+        );
+        assert!(!disks.status()[0].healthy);
+        assert_eq!(disks.failures(0), 2);
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Place {
     /// Index of its data directory.
     pub dir: usize,
     pub path: PathBuf,
+    /// How many times the directory had failed when the file was placed:
+    /// if it fails again, the file is lost (see `disks.rs`).
+    pub failures: u64,
 }
 
 /// What an append needs to know to place a new file.
@@ -75,6 +78,14 @@ impl PartitionFile {
         self.place.as_ref()
     }
 
+    /// The file was placed in a directory that failed since: its data is
+    /// lost (see `disks.rs`).
+    pub(crate) fn is_lost(&self, disks: &Disks) -> bool {
+        self.place
+            .as_ref()
+            .is_some_and(|p| disks.failures(p.dir) != p.failures)
+    }
+
     /// The file's path, for messages (`-` before the file is placed).
     pub(crate) fn describe(&self) -> PathBuf {
         self.place
@@ -100,7 +111,8 @@ impl PartitionFile {
         let mut header = [0u8; BLOCK_HEADER_LEN];
         block.header.encode(&mut &mut header[..]);
         let bufs = [IoSlice::new(&header), IoSlice::new(&block.payload)];
-        if self.place.is_some() {
+        if let Some(place) = &self.place {
+            target.disks.lost(place.dir, place.failures, target.partition)?;
             self.write_here(&bufs, target.disks)?;
         } else {
             self.write_first(&bufs, target)?;
@@ -136,6 +148,7 @@ impl PartitionFile {
             self.place = Some(Place {
                 dir,
                 path: folder.join(partition_file_name(t.partition)),
+                failures: t.disks.failures(dir),
             });
             match self.write_here(bufs, t.disks) {
                 Ok(()) => return Ok(()),
@@ -279,10 +292,19 @@ pub(crate) mod failpoint {
 
     thread_local! {
         static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+        static ERRNO: Cell<i32> = const { Cell::new(libc::ENOSPC) };
     }
 
-    /// This thread may write `bytes` more, then its next write fails once.
+    /// This thread may write `bytes` more, then its next write fails once
+    /// with ENOSPC.
     pub(crate) fn fail_after(bytes: usize) {
+        fail_after_with(bytes, libc::ENOSPC);
+    }
+
+    /// Like [`fail_after`], failing with `errno` (EIO: a disk failing,
+    /// which this machine cannot make happen for real).
+    pub(crate) fn fail_after_with(bytes: usize, errno: i32) {
+        ERRNO.with(|e| e.set(errno));
         BUDGET.with(|b| b.set(Some(bytes)));
     }
 
@@ -297,7 +319,7 @@ pub(crate) mod failpoint {
         };
         if left == 0 {
             BUDGET.with(|b| b.set(None));
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            return Err(std::io::Error::from_raw_os_error(ERRNO.with(Cell::get)));
         }
         let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
         let n = file.write(&first[..first.len().min(left)])?;

@@ -316,9 +316,11 @@ fn examine(app: &AppId, shuffle: ShuffleId, folders: &[(usize, PathBuf)]) -> Res
                     meta.spec.num_partitions()
                 )));
             }
+            // Restored before any directory can fail.
             let place = Place {
                 dir: *dir,
                 path: entry.path(),
+                failures: 0,
             };
             if let Some((other, _)) = files.insert(partition, (place, len)) {
                 return Ok(Verdict::Unreadable(format!(

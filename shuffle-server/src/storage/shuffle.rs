@@ -470,7 +470,9 @@ impl ShuffleState {
                     entry,
                 });
             }
-            if fsync {
+            // A file on a failed directory is lost: reads say so; it is
+            // neither flushed nor given a meta there.
+            if fsync && !file.is_lost(disks) {
                 file.sync(disks)?;
             }
             partitions[partition.index()] = blocks;
@@ -484,10 +486,17 @@ impl ShuffleState {
         };
         let mut bytes = Vec::new();
         meta::encode(&meta, &mut bytes)?;
-        let mut folders = self.dirs_with_files();
+        let mut folders: BTreeSet<usize> = self
+            .all_files()
+            .iter()
+            .filter_map(|f| {
+                let f = lock(f);
+                f.place().filter(|_| !f.is_lost(disks)).map(|p| p.dir)
+            })
+            .collect();
         if folders.is_empty() {
-            // Nothing was written anywhere: the meta alone says the shuffle
-            // is sealed (and empty).
+            // Nothing was written anywhere (or only to failed directories):
+            // the meta alone says the shuffle is sealed.
             let preferred = disks.layout.preferred_dir(&self.app, self.id, PartitionId(0));
             folders.insert(disks.candidates(preferred).next().unwrap_or(preferred));
         }
@@ -537,7 +546,7 @@ impl ShuffleState {
         &self,
         partition: PartitionId,
         maps: MapRange,
-    ) -> Result<(Option<PathBuf>, Vec<PlannedBlock>), ServerError> {
+    ) -> Result<(Option<Place>, Vec<PlannedBlock>), ServerError> {
         self.check_partition(partition)?;
         if maps.end().0 > self.spec.num_maps() {
             return Err(ServerError::Service(ServiceError::MapOutOfRange {
@@ -569,8 +578,8 @@ impl ShuffleState {
                 });
             }
         }
-        let path = file.as_ref().and_then(|f| f.place().map(|p| p.path.clone()));
-        Ok((path, plan))
+        let place = file.as_ref().and_then(|f| f.place().cloned());
+        Ok((place, plan))
     }
 
     /// Bytes stored per partition by the committed attempt of `map` (of
@@ -610,14 +619,6 @@ impl ShuffleState {
     /// Bytes stored over all partitions (every attempt).
     pub(crate) fn stored_bytes(&self) -> u64 {
         self.all_files().iter().map(|f| lock(f).len()).sum()
-    }
-
-    /// The data directories holding a file of this shuffle.
-    pub(crate) fn dirs_with_files(&self) -> BTreeSet<usize> {
-        self.all_files()
-            .iter()
-            .filter_map(|f| lock(f).place().map(|p| p.dir))
-            .collect()
     }
 
     /// Bytes of this shuffle's files per data directory.

@@ -309,7 +309,11 @@ impl Store {
     ) -> Result<PartitionReader, ServerError> {
         let state = self.shuffle(app, shuffle)?;
         state.check_live()?;
-        let (path, plan) = state.plan_read(partition, maps)?;
+        let (place, plan) = state.plan_read(partition, maps)?;
+        if let Some(place) = &place {
+            self.disks.lost(place.dir, place.failures, partition)?;
+        }
+        let path = place.map(|p| p.path);
         PartitionReader::open(shuffle, partition, path, plan, self.counters.clone())
     }
 

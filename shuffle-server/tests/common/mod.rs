@@ -577,3 +577,62 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`, or says why it cannot.
+    pub fn mount(dir: &Path, size: &str) -> Result<Option<Self>> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs to fill a disk for real needs root");
+            return Ok(None);
+        }
+        std::fs::create_dir_all(dir)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return Ok(None);
+        }
+        Ok(Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        }))
+    }
+}
+
+impl Tmpfs {
+    /// Remounts it with `options` (`ro`, `rw`).
+    pub fn remount(&self, options: &str) -> Result<()> {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .output()
+            .context("running mount")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mount -o remount,{options}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}

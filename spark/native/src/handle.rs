@@ -84,7 +84,7 @@ pub fn decode(bytes: &[u8]) -> Result<ShuffleHandle, ClientError> {
     ))
 }
 
-fn bad(reason: String) -> ClientError {
+pub(crate) fn bad(reason: String) -> ClientError {
     ClientError::InvalidArgument(ProtocolError::Malformed {
         what: "shuffle handle",
         reason,

@@ -103,6 +103,29 @@ pub struct ScheduleOutcome {
     pub region_restarts: u32,
     /// The shuffles the job finally used, one per edge.
     pub handles: Vec<ShuffleHandle>,
+    /// Producer tasks that ran again because a shuffle server holding
+    /// their output was lost (blocking, hybrid-full).
+    pub maps_rerun: u32,
+    /// Each such recovery, in order.
+    pub recoveries: Vec<Recovery>,
+}
+
+/// One recovery from a lost shuffle: its producers ran again on a fresh
+/// shuffle.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Recovery {
+    /// The stage whose output was lost.
+    pub stage: String,
+    /// The lost shuffle and the one that replaced it.
+    pub lost_shuffle: u32,
+    pub new_shuffle: u32,
+    /// Producer tasks run again.
+    pub tasks_rerun: u32,
+    /// When the loss was reported, in seconds since the job started.
+    pub at: f64,
+    /// From the loss being reported until every producer had run again
+    /// (`None` if the job ended first).
+    pub seconds: Option<f64>,
 }
 
 /// Where a scheduler's tasks run: the executor, the events it reports and
@@ -139,6 +162,8 @@ pub(crate) struct Scheduler<'a, C, E> {
     next_attempt: u32,
     retries: u32,
     region_restarts: u32,
+    maps_rerun: u32,
+    recoveries: Vec<Recovery>,
     started: Instant,
     timings: Vec<StageTiming>,
     bars: Vec<std::sync::Arc<StageProgress>>,
@@ -191,6 +216,8 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
             next_attempt: 0,
             retries: 0,
             region_restarts: 0,
+            maps_rerun: 0,
+            recoveries: Vec::new(),
             started: Instant::now(),
             timings: vec![StageTiming::default(); job.stages().len()],
             bars,
@@ -263,6 +290,8 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
             retries: self.retries,
             region_restarts: self.region_restarts,
             handles: self.handles,
+            maps_rerun: self.maps_rerun,
+            recoveries: self.recoveries,
         })
     }
 
@@ -289,20 +318,27 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
 
     async fn register_shuffles(&mut self) -> Result<(), EngineError> {
         let mut handles = Vec::with_capacity(self.job.edges().len());
-        for edge in self.job.edges() {
-            let maps = self.job.stages()[edge.from.0 as usize].tasks;
-            let spec = ShuffleSpec::new(maps, edge.partitions, self.policy.mode).map_err(|e| {
-                EngineError::InvalidArgument {
-                    what: "shuffle shape",
-                    reason: e.to_string(),
-                }
-            })?;
-            let id = ShuffleId(self.next_shuffle);
-            self.next_shuffle += 1;
-            handles.push(self.client.register_shuffle(&self.app, id, spec).await?);
+        for e in 0..self.job.edges().len() {
+            handles.push(self.register_edge(e).await?);
         }
         self.handles = handles;
         Ok(())
+    }
+
+    /// Registers a fresh shuffle for edge `e` (placed over the servers
+    /// live now).
+    async fn register_edge(&mut self, e: usize) -> Result<ShuffleHandle, EngineError> {
+        let edge = &self.job.edges()[e];
+        let maps = self.job.stages()[edge.from.0 as usize].tasks;
+        let spec = ShuffleSpec::new(maps, edge.partitions, self.policy.mode).map_err(|e| {
+            EngineError::InvalidArgument {
+                what: "shuffle shape",
+                reason: e.to_string(),
+            }
+        })?;
+        let id = ShuffleId(self.next_shuffle);
+        self.next_shuffle += 1;
+        Ok(self.client.register_shuffle(&self.app, id, spec).await?)
     }
 
     fn all_done(&self) -> bool {
@@ -419,6 +455,12 @@ impl<'a, C: ShuffleClient, E: Executor> Scheduler<'a, C, E> {
                 }
                 if self.stage_all(key.stage, |t| matches!(t, TaskState::Done(_))) {
                     self.timings[stage].finished = Some(now);
+                    let name = &self.job.stages()[stage].name;
+                    for r in &mut self.recoveries {
+                        if r.seconds.is_none() && r.stage == *name {
+                            r.seconds = Some(now - r.at);
+                        }
+                    }
                 }
             }
             Event::Failed { key, failure } => self.on_failure(key, failure).await?,

@@ -1,11 +1,15 @@
 //! Failure recovery: a failed task runs again alone where its inputs are
 //! all on disk (blocking, hybrid-full); otherwise its whole region restarts
 //! on fresh shuffles (pipelined, hybrid-selective, or data gone). A lost
-//! worker's running tasks fail with it.
+//! worker's running tasks fail with it. A lost shuffle server (blocking,
+//! hybrid-full) costs only the producers of the shuffles it held: each
+//! such shuffle is replaced by a fresh one, placed over the live servers,
+//! its producers run again, and its unfinished consumers read the new one
+//! (finished consumers keep what they made; earlier stages are untouched).
 
 use shuffle_client::ShuffleClient;
 
-use super::{Scheduler, TaskState};
+use super::{Recovery, Scheduler, TaskState};
 use crate::cluster::executor::Executor;
 use crate::cluster::wire::{Counts, FailureClass, TaskFailure, TaskKey};
 use crate::progress::StageProgress;
@@ -58,6 +62,11 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
                 message: failure.message.clone(),
             })
         };
+        if let FailureClass::ShuffleLost { shuffle } = failure.class {
+            if self.policy.mode.persists_seal() {
+                return self.on_shuffle_lost(key, shuffle, &failure.message).await;
+            }
+        }
         if failure.class == FailureClass::Permanent {
             return Err(EngineError::JobTaskFailed {
                 stage: stage_name,
@@ -68,7 +77,10 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
         }
         // Unless every block is also on disk (blocking, hybrid-full), blocks
         // consumers took from memory are gone: the region runs again.
-        let region_wide = failure.class == FailureClass::InputGone || !self.policy.mode.persists_seal();
+        let region_wide = matches!(
+            failure.class,
+            FailureClass::InputGone | FailureClass::ShuffleLost { .. }
+        ) || !self.policy.mode.persists_seal();
         let limit = self.policy.max_attempts.max(1);
         if region_wide {
             self.region_restarts += 1;
@@ -98,6 +110,85 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
             "{stage_name} task {} attempt {} failed, running it again: {}",
             key.task, key.attempt, failure.message
         ));
+        Ok(())
+    }
+
+    /// Task `key` (already back to pending) found `shuffle` lost with a
+    /// server: the shuffle is replaced and its producers run again, once
+    /// per lost shuffle (a report about a shuffle already replaced only
+    /// sends the task back to run on the new one).
+    async fn on_shuffle_lost(
+        &mut self,
+        key: TaskKey,
+        shuffle: u32,
+        message: &str,
+    ) -> Result<(), EngineError> {
+        let stage_name = self.job.stages()[key.stage.0 as usize].name.clone();
+        let Some(e) = self.handles.iter().position(|h| h.shuffle().0 == shuffle) else {
+            self.bars[key.stage.0 as usize].note(format!(
+                "{stage_name} task {} read or wrote shuffle {shuffle}, already replaced; running it again",
+                key.task
+            ));
+            return Ok(());
+        };
+        // Each shuffle may be lost `max_attempts` times.
+        let limit = self.policy.max_attempts.max(1) * self.job.edges().len().max(1) as u32;
+        if self.recoveries.len() as u32 >= limit {
+            return Err(EngineError::TooManyRestarts {
+                restarts: self.recoveries.len() as u32,
+                limit,
+                last: format!("{stage_name} task {}: {message}", key.task),
+            });
+        }
+        let edge = self.job.edges()[e].clone();
+        let (producer, consumer) = (edge.from.0 as usize, edge.to.0 as usize);
+        let fresh = self.register_edge(e).await?;
+        let old = std::mem::replace(&mut self.handles[e], fresh);
+        let tasks_rerun = self.tasks[producer].len() as u32;
+        let producer_name = self.job.stages()[producer].name.clone();
+        self.bars[producer].note(format!(
+            "shuffle {shuffle} lost ({message}); running the {tasks_rerun} {producer_name} task(s) again on shuffle {}",
+            self.handles[e].shuffle()
+        ));
+        self.recoveries.push(Recovery {
+            stage: producer_name,
+            lost_shuffle: shuffle,
+            new_shuffle: self.handles[e].shuffle().0,
+            tasks_rerun,
+            at: self.now(),
+            seconds: None,
+        });
+        self.maps_rerun += tasks_rerun;
+        // Every producer runs again; a consumer that has not finished reads
+        // the new shuffle (one that finished keeps its output).
+        for (s, rerun_done) in [(producer, true), (consumer, false)] {
+            for t in 0..self.tasks[s].len() {
+                let state = &self.tasks[s][t].state;
+                let rerun = match state {
+                    TaskState::Done(_) => rerun_done,
+                    TaskState::Running { .. } | TaskState::Pending => true,
+                };
+                if !rerun {
+                    continue;
+                }
+                if let TaskState::Running { worker, key } = *state {
+                    self.exec.cancel(worker, key);
+                    self.workers[worker].running.remove(&key);
+                }
+                self.tasks[s][t].state = TaskState::Pending;
+                self.tasks[s][t].counts = Counts::default();
+            }
+            self.timings[s].finished = None;
+            if rerun_done {
+                self.bars[s].reset();
+            }
+        }
+        if let Err(e) = self.client.unregister_shuffle(&old).await {
+            note_on_first(
+                &self.bars,
+                format!("releasing lost shuffle {}: {e}", old.shuffle()),
+            );
+        }
         Ok(())
     }
 

@@ -97,6 +97,63 @@ fn a_first_block_that_fails_goes_to_another_dir_and_leaves_nothing_behind() {
     assert_eq!(read_all(&store, 0, MapRange::all(1)).expect("read"), ["m0a0p0s0"]);
 }
 
+#[test]
+fn an_io_error_takes_the_dir_out_of_service_and_its_partitions_are_lost() {
+    let (_tmp, store) = store(2, 16);
+    register(&store, 1, 4);
+    let firsts: Vec<Block> = (0..4).map(|p| block(0, 0, p, 0)).collect();
+    store.push(&app(), SHUFFLE, &firsts).expect("first blocks");
+    let dir_of = |p: u32| {
+        let path = partition_path(&store, SHUFFLE, p);
+        (0..2)
+            .find(|&d| path.starts_with(&store.disk_status()[d].path))
+            .expect("in a dir")
+    };
+    let failing = dir_of(0);
+    let lost: Vec<u32> = (0..4).filter(|&p| dir_of(p) == failing).collect();
+    // The next block of partition 0 meets EIO part-way.
+    failpoint::fail_after_with(10, libc::EIO);
+    let err = store
+        .push(&app(), SHUFFLE, &[block(0, 0, 0, 1)])
+        .expect_err("EIO");
+    assert!(err.to_string().contains("Input/output error"), "{err}");
+    let status = &store.disk_status()[failing];
+    assert!(!status.healthy && !status.accepting, "{status:?}");
+    assert_eq!(status.errors, [0, 1]);
+    // Every partition of that dir is lost; the others go on.
+    for p in 0..4 {
+        let again = store.push(&app(), SHUFFLE, &[block(0, 0, p, 1)]);
+        if lost.contains(&p) {
+            assert!(
+                matches!(again, Err(ServerError::Service(ServiceError::DiskFailed { partition, .. })) if partition == PartitionId(p)),
+                "{again:?}"
+            );
+        } else {
+            again.expect("the other dir takes appends");
+        }
+    }
+    let counts: Vec<u32> = (0..4).map(|p| if lost.contains(&p) { 1 } else { 2 }).collect();
+    store
+        .commit(&app(), SHUFFLE, MapId(0), AttemptId(0), manifest(&counts))
+        .expect("seal: the meta goes to the healthy dir only");
+    for p in 0..4 {
+        let read = read_all(&store, p, MapRange::all(1));
+        if lost.contains(&p) {
+            assert!(
+                matches!(read, Err(ServerError::Service(ServiceError::DiskFailed { .. }))),
+                "{read:?}"
+            );
+        } else {
+            assert_eq!(read.expect("read").len(), 2);
+        }
+    }
+    // A probe that writes brings the dir back for new partitions; the lost
+    // ones stay lost.
+    store.disks.probe_all();
+    assert!(store.disk_status()[failing].healthy);
+    assert!(read_all(&store, lost[0], MapRange::all(1)).is_err());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     /// Three shuffles written at once, block by block in a scrambled order,

@@ -34,7 +34,8 @@ import scala.reflect.ClassTag$;
  *
  * <p>Attempt ids: the service's attempt is {@code stageAttempt << 16 |
  * taskAttempt} (both below 65,536), unique per map across the stage's
- * attempts.
+ * attempts. Stage attempt {@code g} writes generation {@code g} of the
+ * shuffle (see {@link Generations}), which its map status names.
  */
 final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   private static final ClassTag<Object> ANY = ClassTag$.MODULE$.Any();
@@ -61,6 +62,11 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   private long writer;
   private long[] partitionLengths;
   private boolean stopped;
+  /** The stage attempt, so the generation this map writes. */
+  private int generation;
+  private byte[] nativeHandle;
+  /** The map id of this output's map status: the generation and the task attempt. */
+  private long statusMapId;
 
   RssShuffleWriter(
       RssShuffleManager manager,
@@ -98,6 +104,9 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   @Override
   public void write(scala.collection.Iterator<Product2<K, V>> input) throws IOException {
     long started = System.nanoTime();
+    generation = context.stageAttemptNumber();
+    statusMapId = Generations.mapId(generation, mapTaskId);
+    nativeHandle = manager.generation(handle, generation, true);
     try {
       writeAndCommit(input);
     } catch (RssException e) {
@@ -109,7 +118,7 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       // so this attempt succeeds with its sizes. Nothing of this attempt is
       // ever served, so it reports no records or bytes written.
       abortNative();
-      long[] sizes = Native.committedSizes(manager.client(), handle.nativeHandle, context.partitionId());
+      long[] sizes = Native.committedSizes(manager.client(), nativeHandle, context.partitionId());
       if (sizes[0] < 0) {
         throw e;
       }
@@ -123,7 +132,7 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     writer =
         Native.openWriter(
             manager.client(),
-            handle.nativeHandle,
+            nativeHandle,
             context.partitionId(),
             attemptId(context),
             manager.conf().blockSize,
@@ -231,7 +240,7 @@ final class RssShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       return Option.empty();
     }
     return Option.apply(
-        SparkShim.mapStatus(RssShuffleManager.location(), partitionLengths, mapTaskId));
+        SparkShim.mapStatus(RssShuffleManager.location(), partitionLengths, statusMapId));
   }
 
   @Override

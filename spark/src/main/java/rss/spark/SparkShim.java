@@ -17,10 +17,13 @@ final class SparkShim {
   }
 
   /**
-   * A fetch failure that makes Spark re-run the whole parent stage: no block
-   * manager (so no executor's state is dropped), map index -1 (so every map
-   * output of the shuffle is unregistered: the service lost a server or a
-   * partition's data, not one executor's files).
+   * A fetch failure that makes Spark run the parent stage again once the
+   * driver has dropped the shuffle's map outputs ({@link RssDriver}): no
+   * block manager, so Spark removes no executor and none of an executor's
+   * state (a block manager would make it forget every output and cached
+   * block of that executor); map index -1, so Spark itself unregisters
+   * nothing (Spark 3.5 unregisters one map only when the map index and the
+   * block manager both match its output).
    */
   static FetchFailedException fetchFailed(int shuffleId, int reduceId, String message, Throwable cause) {
     return new FetchFailedException(null, shuffleId, -1L, -1, reduceId, message, cause);

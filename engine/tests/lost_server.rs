@@ -1,0 +1,247 @@
+//! One shuffle server of three killed with SIGKILL during a job, without
+//! replication: the job finishes valid, and only the producers of the lost
+//! shuffle run again (counted in the report, with the time to recover).
+//!
+//! The servers are real processes: this test binary started again as a
+//! child that runs a shuffle server (`serve_as_child`), so the test always
+//! runs the server code it was built with.
+
+mod cli_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_support::finish;
+use serde_json::Value;
+
+const SERVE_DIR: &str = "RSS_TEST_SERVE_DIR";
+
+/// Not a test: the body of the server processes the tests below start
+/// (`--ignored --exact serve_as_child` with `RSS_TEST_SERVE_DIR` set). It
+/// prints its addresses and serves until it is killed.
+#[test]
+#[ignore = "a helper process of the tests in this file, started by them"]
+fn serve_as_child() {
+    let Some(dir) = std::env::var_os(SERVE_DIR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let mut config = shuffle_server::config::ServerConfig::new(vec![dir.into()]);
+        config.create_data_dirs = true;
+        config.fsync_on_seal = false;
+        let server = shuffle_server::LocalServer::start(config)
+            .await
+            .expect("server starts");
+        println!("serving tcp={} http={}", server.tcp_url(), server.addrs.http);
+        std::io::stdout().flush().expect("flush");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A shuffle server in a child process; killed with SIGKILL on drop.
+struct ServerProcess {
+    child: Child,
+    url: String,
+    http: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "serve_as_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(SERVE_DIR, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server process starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = loop {
+            match lines.next() {
+                // The harness prints "test serve_as_child ... " first.
+                Some(Ok(line)) if line.contains("serving tcp=") => break line,
+                Some(Ok(_)) => continue,
+                other => panic!("the server process ended before serving: {other:?}"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+                .to_string()
+        };
+        ServerProcess {
+            child,
+            url: field("tcp="),
+            http: field("http=").parse().expect("http address"),
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let status = Command::new("kill")
+            .args(["-9", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+
+    /// A counter of the server's `/metrics` (0 when absent or unreachable).
+    fn counter(&self, name: &str) -> f64 {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)) else {
+            return 0.0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Runs terasort over three servers, kills server 1 once `kill_when` says
+/// so (polled every 10 ms), and returns the finished job's report.
+fn run_and_kill(mode: &str, slots: &str, kill_when: &str, extra: &[&str]) -> (Value, String) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|i| ServerProcess::start(&tmp.path().join(format!("server-{i}"))))
+        .collect();
+    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+    let urls = urls.join(",");
+    let mut args = vec![
+        "run",
+        "terasort",
+        "--size",
+        "24MB",
+        "--maps",
+        "8",
+        "--partitions",
+        "6",
+        "--workers",
+        "2",
+        "--slots",
+        slots,
+        "--mode",
+        mode,
+        "--shuffle-servers",
+        &urls,
+        "--retry-window",
+        "2s",
+        "--max-attempts",
+        "4",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("engine starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let started = Instant::now();
+    while servers[1].counter(kill_when) <= 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server 1 never counted {kill_when}"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the engine ended ({status}) before server 1 counted {kill_when}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    servers[1].kill_9();
+    let (r, err) = finish(child, stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(180),
+        "the job took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["valid"], true, "{mode}: {r}\n{err}");
+    assert_eq!(r["records_out"], 240_000, "{mode}: {r}");
+    (r, err)
+}
+
+/// The lost shuffle's 8 maps ran again (once or more), and the recovery
+/// is in the report with its time.
+fn assert_maps_rerun(r: &Value, err: &str) {
+    let rerun = r["maps_rerun"].as_u64().unwrap_or(0);
+    assert!(
+        rerun >= 8 && rerun % 8 == 0,
+        "every map of the lost shuffle ran again: {r}\n{err}"
+    );
+    let recoveries = r["recoveries"].as_array().expect("recoveries in the report");
+    let first = &recoveries[0];
+    assert_eq!(first["tasks_rerun"], 8, "{r}");
+    assert!(
+        first["seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "time to recover: {r}"
+    );
+    assert!(err.contains("lost"), "the loss was reported: {err}");
+}
+
+#[test]
+fn a_server_killed_mid_read_reruns_only_the_maps_in_blocking_mode() {
+    // One slot per worker and slow readers: the reducers run two at a
+    // time in partition order, so when the first reducer of a server-1
+    // partition starts reading, the other server-1 partition (three
+    // partitions on) has not started: it finds the server gone.
+    let (r, err) = run_and_kill(
+        "blocking",
+        "1",
+        "rss_fetch_bytes_total",
+        &["--slow-reads", "250ms"],
+    );
+    assert_maps_rerun(&r, &err);
+    assert_eq!(r["region_restarts"], 0, "{r}");
+}
+
+#[test]
+fn a_server_killed_mid_read_reruns_only_the_maps_in_hybrid_full_mode() {
+    let (r, err) = run_and_kill(
+        "hybrid-full",
+        "1",
+        "rss_fetch_bytes_total",
+        &["--slow-reads", "250ms"],
+    );
+    assert_maps_rerun(&r, &err);
+    assert_eq!(r["region_restarts"], 0, "{r}");
+}
+
+#[test]
+fn a_server_killed_during_the_map_stage_reruns_the_maps() {
+    let (r, err) = run_and_kill("blocking", "1", "rss_push_bytes_total", &[]);
+    assert_maps_rerun(&r, &err);
+}
+
+#[test]
+fn a_server_killed_mid_job_restarts_the_pipelined_region_on_the_live_servers() {
+    // Pipelined data is in memory only: the region runs again, on fresh
+    // shuffles placed over the two servers left.
+    let (r, err) = run_and_kill("pipelined", "8", "rss_push_bytes_total", &[]);
+    assert!(
+        r["region_restarts"].as_u64().is_some_and(|n| n >= 1),
+        "the region ran again: {r}\n{err}"
+    );
+}
