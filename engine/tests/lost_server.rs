@@ -201,32 +201,24 @@ fn assert_maps_rerun(r: &Value, err: &str) {
     assert!(err.contains("lost"), "the loss was reported: {err}");
 }
 
+/// One slot per worker and slow readers: the reducers run two at a time
+/// in partition order, so when the first reducer of a server-1 partition
+/// starts reading, the other server-1 partition (three partitions on) has
+/// not started: it finds the server gone.
+fn kill_mid_read(mode: &str) {
+    let (r, err) = run_and_kill(mode, "1", "rss_fetch_bytes_total", &["--slow-reads", "250ms"]);
+    assert_maps_rerun(&r, &err);
+    assert_eq!(r["region_restarts"], 0, "{mode}: {r}");
+}
+
 #[test]
 fn a_server_killed_mid_read_reruns_only_the_maps_in_blocking_mode() {
-    // One slot per worker and slow readers: the reducers run two at a
-    // time in partition order, so when the first reducer of a server-1
-    // partition starts reading, the other server-1 partition (three
-    // partitions on) has not started: it finds the server gone.
-    let (r, err) = run_and_kill(
-        "blocking",
-        "1",
-        "rss_fetch_bytes_total",
-        &["--slow-reads", "250ms"],
-    );
-    assert_maps_rerun(&r, &err);
-    assert_eq!(r["region_restarts"], 0, "{r}");
+    kill_mid_read("blocking");
 }
 
 #[test]
 fn a_server_killed_mid_read_reruns_only_the_maps_in_hybrid_full_mode() {
-    let (r, err) = run_and_kill(
-        "hybrid-full",
-        "1",
-        "rss_fetch_bytes_total",
-        &["--slow-reads", "250ms"],
-    );
-    assert_maps_rerun(&r, &err);
-    assert_eq!(r["region_restarts"], 0, "{r}");
+    kill_mid_read("hybrid-full");
 }
 
 #[test]

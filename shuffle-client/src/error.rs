@@ -147,7 +147,7 @@ pub enum ClientError {
     /// with every partition of the shuffle it held. Not retryable; the
     /// shuffle's data there is lost (the producers run again on a fresh
     /// shuffle placed over the live servers).
-    #[error("{server} is lost ({reason}): shuffle {shuffle}'s partitions there are gone")]
+    #[error("{server} is lost ({reason}): {shuffle}'s partitions there are gone")]
     ServerLost {
         server: String,
         shuffle: ShuffleId,
