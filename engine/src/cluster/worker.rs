@@ -36,12 +36,10 @@ pub struct WorkerOptions {
 pub fn classify(e: &EngineError) -> FailureClass {
     match e {
         EngineError::Remote { class, .. } => *class,
-        EngineError::Shuffle(c) => match c {
-            c if c.lost_shuffle().is_some() => FailureClass::ShuffleLost {
-                shuffle: c.lost_shuffle().map_or(0, |s| s.0),
-            },
-            c if c.is_retryable() || c.loses_data() => FailureClass::Transient,
-            _ => FailureClass::Permanent,
+        EngineError::Shuffle(c) => match c.lost_shuffle() {
+            Some(shuffle) => FailureClass::ShuffleLost { shuffle: shuffle.0 },
+            None if c.is_retryable() || c.loses_data() => FailureClass::Transient,
+            None => FailureClass::Permanent,
         },
         e if e.is_transient() => FailureClass::Transient,
         _ => FailureClass::Permanent,

@@ -387,7 +387,7 @@ impl RemoteShuffle {
 
     /// Stops heartbeating `app` (its registration then expires on the
     /// servers unless another client heartbeats it or unregisters it).
-    pub fn stop_heartbeat(&self, app: &AppId) {
+    fn stop_heartbeat(&self, app: &AppId) {
         if let Some(task) = self
             .inner
             .heartbeats
@@ -399,12 +399,12 @@ impl RemoteShuffle {
         }
     }
 
-    /// The server of `placed` holding `partition`.
-    fn server_of(
+    /// The index in `placed` of the server holding `partition`.
+    fn server_index(
         placed: &Placed,
         handle: &ShuffleHandle,
         partition: PartitionId,
-    ) -> Result<Arc<Server>, ClientError> {
+    ) -> Result<usize, ClientError> {
         let n = handle.spec().num_partitions();
         if partition.0 >= n {
             return Err(ClientError::PartitionOutOfRange {
@@ -415,8 +415,7 @@ impl RemoteShuffle {
         handle
             .placement()
             .server_of(partition)
-            .and_then(|i| placed.get(i))
-            .cloned()
+            .filter(|&i| i < placed.len())
             .ok_or_else(|| invalid_handle("not placed on remote servers".into()))
     }
 
@@ -667,15 +666,7 @@ impl ShuffleClient for RemoteShuffle {
         }
         let mut per_server: Vec<Vec<Block>> = vec![Vec::new(); placed.len()];
         for block in blocks {
-            let index = handle
-                .placement()
-                .server_of(block.id().partition)
-                .filter(|&i| i < placed.len() && block.id().partition.0 < handle.spec().num_partitions())
-                .ok_or(ClientError::PartitionOutOfRange {
-                    partition: block.id().partition,
-                    num_partitions: handle.spec().num_partitions(),
-                })?;
-            per_server[index].push(block);
+            per_server[Self::server_index(&placed, handle, block.id().partition)?].push(block);
         }
         let mut total = PushAck::default();
         for (server, blocks) in placed.iter().zip(per_server) {
@@ -710,7 +701,7 @@ impl ShuffleClient for RemoteShuffle {
         maps: MapRange,
     ) -> Result<RemoteReader, ClientError> {
         let placed = self.inner.placed(handle)?;
-        let server = Self::server_of(&placed, handle, partition)?;
+        let server = placed[Self::server_index(&placed, handle, partition)?].clone();
         RemoteReader::open(self.inner.clone(), server, handle, partition, maps).await
     }
 

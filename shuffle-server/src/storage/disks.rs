@@ -241,14 +241,19 @@ impl Disks {
         failures: u64,
         partition: protocol::PartitionId,
     ) -> Result<(), ServerError> {
-        let d = &self.dirs[dir];
-        if d.failures.load(Ordering::Acquire) == failures {
+        if !self.failed_since(dir, failures) {
             return Ok(());
         }
         Err(ServerError::Service(protocol::ServiceError::DiskFailed {
             partition,
-            dir: d.path.display().to_string(),
+            dir: self.dirs[dir].path.display().to_string(),
         }))
+    }
+
+    /// Whether `dir` failed since it had failed `failures` times: what a
+    /// partition placed then held there is lost.
+    pub(crate) fn failed_since(&self, dir: usize, failures: u64) -> bool {
+        self.failures(dir) != failures
     }
 
     /// Takes `dir` out of service (see the module docs); logged once per

@@ -83,7 +83,7 @@ impl PartitionFile {
     pub(crate) fn is_lost(&self, disks: &Disks) -> bool {
         self.place
             .as_ref()
-            .is_some_and(|p| disks.failures(p.dir) != p.failures)
+            .is_some_and(|p| disks.failed_since(p.dir, p.failures))
     }
 
     /// The file's path, for messages (`-` before the file is placed).

@@ -27,94 +27,29 @@
 pub mod handle;
 mod jni_util;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jni::objects::{JByteArray, JClass, JString};
-use jni::sys::{jboolean, jbyteArray, jint, jlong, jlongArray, jobjectArray};
+use jni::sys::{jbyteArray, jint, jlong, jlongArray, jobjectArray};
 use jni::JNIEnv;
 use shuffle_client::protocol::{
     AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec,
 };
-use shuffle_client::remote::ServerUrl;
 use shuffle_client::remote::{RemoteReader, RemoteWriter};
 use shuffle_client::{
-    ClientError, Placement, QuicTrust, RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleHandle,
-    ShuffleReader, ShuffleWriter, WriterOptions,
+    ClientError, QuicTrust, RemoteOptions, RemoteShuffle, ShuffleClient, ShuffleReader, ShuffleWriter,
+    WriterOptions,
 };
 
 use self::jni_util::{entry, from_ptr, into_ptr, runtime, take_ptr, text};
 
-/// A connected client (`Native.connect`): one [`RemoteShuffle`] over the
-/// configured servers, and one more per other server list a handle names
-/// (a shuffle generation registered on the servers that answered after one
-/// was lost), connected on the first use of such a handle.
+/// A connected client (`Native.connect`). Every shuffle it registers is
+/// placed over the configured servers live at that moment, and it serves
+/// handles placed over any of them: a generation registered after a
+/// server was lost lives on the servers left.
 #[derive(Debug)]
 pub struct Client {
-    options: RemoteOptions,
-    configured: Vec<ServerUrl>,
-    /// `configured` as the names handles carry, made once.
-    names: Arc<[String]>,
-    primary: RemoteShuffle,
-    others: Mutex<HashMap<Arc<[String]>, RemoteShuffle>>,
-}
-
-impl Client {
-    /// The client over exactly the servers `handle` was placed on. A
-    /// handle naming a server outside `spark.rss.servers` is refused.
-    async fn for_handle(&self, handle: &ShuffleHandle) -> Result<RemoteShuffle, ClientError> {
-        let Placement::Spread { servers, .. } = handle.placement() else {
-            return Err(handle::bad("not placed on remote servers".into()));
-        };
-        self.over(servers).await
-    }
-
-    async fn over(&self, servers: &Arc<[String]>) -> Result<RemoteShuffle, ClientError> {
-        let names = &self.names;
-        if servers == names {
-            return Ok(self.primary.clone());
-        }
-        if let Some(c) = self
-            .others
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(servers)
-        {
-            return Ok(c.clone());
-        }
-        let urls = servers
-            .iter()
-            .map(|name| {
-                let i = names.iter().position(|n| n == name).ok_or_else(|| {
-                    handle::bad(format!("names server {name}, which is not in spark.rss.servers"))
-                })?;
-                Ok(self.configured[i].clone())
-            })
-            .collect::<Result<Vec<_>, ClientError>>()?;
-        // Connected outside the lock; a racing connect's client is dropped.
-        let client = RemoteShuffle::connect(&urls, self.options.clone()).await?;
-        Ok(self
-            .others
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(servers.clone())
-            .or_insert(client)
-            .clone())
-    }
-
-    /// The configured servers that answer a hello now (one try each,
-    /// within the connect timeout), as a server list.
-    async fn reachable(&self) -> Arc<[String]> {
-        let mut live = Vec::new();
-        for url in &self.configured {
-            match RemoteShuffle::connect(std::slice::from_ref(url), self.options.clone()).await {
-                Ok(_) => live.push(url.to_string()),
-                Err(e) => tracing::warn!(server = %url, "left out of a new placement: {e}"),
-            }
-        }
-        live.into()
-    }
+    shuffle: RemoteShuffle,
 }
 
 /// An open map-attempt writer (`Native.openWriter`).
@@ -161,20 +96,8 @@ pub extern "system" fn Java_rss_spark_Native_connect<'l>(
         if !pins.is_empty() {
             options.quic_trust = QuicTrust::Pinned(pins);
         }
-        let configured: Vec<ServerUrl> = urls
-            .split(',')
-            .map(|u| u.trim().parse::<ServerUrl>())
-            .collect::<Result<_, _>>()
-            .map_err(ClientError::InvalidArgument)?;
-        let primary = runtime()?.block_on(RemoteShuffle::connect(&configured, options.clone()))?;
-        let names = configured.iter().map(ToString::to_string).collect();
-        Ok(into_ptr(Client {
-            options,
-            names,
-            configured,
-            primary,
-            others: Mutex::new(HashMap::new()),
-        }))
+        let shuffle = runtime()?.block_on(RemoteShuffle::connect_str(&urls, options))?;
+        Ok(into_ptr(Client { shuffle }))
     })
 }
 
@@ -192,10 +115,8 @@ pub extern "system" fn Java_rss_spark_Native_close<'l>(
     })
 }
 
-/// `byte[] registerShuffle(long client, String app, int shuffle, int maps, int partitions, String mode, boolean reachableOnly)`:
-/// the handle, as bytes Java keeps. With `reachableOnly` the shuffle is
-/// placed on the configured servers that answer now (a generation made
-/// after a server was lost); otherwise on all of them.
+/// `byte[] registerShuffle(long client, String app, int shuffle, int maps, int partitions, String mode)`:
+/// the handle, as bytes Java keeps, placed over the servers live now.
 #[no_mangle]
 pub extern "system" fn Java_rss_spark_Native_registerShuffle<'l>(
     mut env: JNIEnv<'l>,
@@ -206,7 +127,6 @@ pub extern "system" fn Java_rss_spark_Native_registerShuffle<'l>(
     maps: jint,
     partitions: jint,
     mode: JString<'l>,
-    reachable_only: jboolean,
 ) -> jbyteArray {
     entry(&mut env, std::ptr::null_mut(), |env| {
         // SAFETY: a live pointer from `connect`.
@@ -220,21 +140,7 @@ pub extern "system" fn Java_rss_spark_Native_registerShuffle<'l>(
         )
         .map_err(ClientError::InvalidArgument)?;
         let shuffle = ShuffleId(non_negative(shuffle, "shuffle id")?);
-        let handle = runtime()?.block_on(async {
-            let shuffle_client = if reachable_only == 0 {
-                client.primary.clone()
-            } else {
-                let live = client.reachable().await;
-                if live.is_empty() {
-                    return Err(ClientError::Connection {
-                        server: "spark.rss.servers".into(),
-                        reason: "no configured shuffle server answered".into(),
-                    });
-                }
-                client.over(&live).await?
-            };
-            shuffle_client.register_shuffle(&app, shuffle, spec).await
-        })?;
+        let handle = runtime()?.block_on(client.shuffle.register_shuffle(&app, shuffle, spec))?;
         let bytes = handle::encode(&handle)?;
         jni_util::byte_array(env, &bytes)
     })
@@ -252,13 +158,7 @@ pub extern "system" fn Java_rss_spark_Native_unregisterShuffle<'l>(
         // SAFETY: a live pointer from `connect`.
         let client = unsafe { from_ptr::<Client>(client) }?;
         let handle = handle::decode(&jni_util::bytes(env, &handle)?)?;
-        Ok(runtime()?.block_on(async {
-            client
-                .for_handle(&handle)
-                .await?
-                .unregister_shuffle(&handle)
-                .await
-        })?)
+        Ok(runtime()?.block_on(async { client.shuffle.unregister_shuffle(&handle).await })?)
     })
 }
 
@@ -274,20 +174,7 @@ pub extern "system" fn Java_rss_spark_Native_unregisterApp<'l>(
         // SAFETY: a live pointer from `connect`.
         let client = unsafe { from_ptr::<Client>(client) }?;
         let app = AppId::new(text(env, &app)?).map_err(ClientError::InvalidArgument)?;
-        Ok(runtime()?.block_on(async {
-            let others: Vec<RemoteShuffle> = client
-                .others
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
-            // Every client stops its heartbeat; the primary reaches every server.
-            for other in others {
-                other.stop_heartbeat(&app);
-            }
-            client.primary.unregister_app(&app).await
-        })?)
+        Ok(runtime()?.block_on(client.shuffle.unregister_app(&app))?)
     })
 }
 
@@ -314,13 +201,8 @@ pub extern "system" fn Java_rss_spark_Native_openWriter<'l>(
         };
         let map = MapId(non_negative(map, "map")?);
         let attempt = AttemptId(non_negative(attempt, "attempt")?);
-        let writer = runtime()?.block_on(async {
-            client
-                .for_handle(&handle)
-                .await?
-                .open_writer(&handle, map, attempt, options)
-                .await
-        })?;
+        let writer = runtime()?
+            .block_on(async { client.shuffle.open_writer(&handle, map, attempt, options).await })?;
         Ok(into_ptr(Writer {
             writer,
             scratch: Vec::new(),
@@ -403,13 +285,7 @@ pub extern "system" fn Java_rss_spark_Native_committedSizes<'l>(
         let client = unsafe { from_ptr::<Client>(client) }?;
         let handle = handle::decode(&jni_util::bytes(env, &handle)?)?;
         let map = u32::try_from(map).ok().map(MapId);
-        let sizes = runtime()?.block_on(async {
-            client
-                .for_handle(&handle)
-                .await?
-                .committed_sizes(&handle, map)
-                .await
-        })?;
+        let sizes = runtime()?.block_on(async { client.shuffle.committed_sizes(&handle, map).await })?;
         let mut out = Vec::with_capacity(sizes.bytes.len() + 1);
         out.push(sizes.attempt.map_or(-1, |a| i64::from(a.0)));
         out.extend(sizes.bytes.iter().map(|&b| i64::try_from(b).unwrap_or(i64::MAX)));
@@ -438,13 +314,8 @@ pub extern "system" fn Java_rss_spark_Native_openReader<'l>(
             MapId(non_negative(end_map, "end map")?),
         )
         .map_err(ClientError::InvalidArgument)?;
-        let reader = runtime()?.block_on(async {
-            client
-                .for_handle(&handle)
-                .await?
-                .open_reader(&handle, partition, maps)
-                .await
-        })?;
+        let reader =
+            runtime()?.block_on(async { client.shuffle.open_reader(&handle, partition, maps).await })?;
         Ok(into_ptr(Reader { reader }))
     })
 }

@@ -77,10 +77,8 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
         }
         // Unless every block is also on disk (blocking, hybrid-full), blocks
         // consumers took from memory are gone: the region runs again.
-        let region_wide = matches!(
-            failure.class,
-            FailureClass::InputGone | FailureClass::ShuffleLost { .. }
-        ) || !self.policy.mode.persists_seal();
+        // (A lost shuffle gets here only in those modes.)
+        let region_wide = failure.class == FailureClass::InputGone || !self.policy.mode.persists_seal();
         let limit = self.policy.max_attempts.max(1);
         if region_wide {
             self.region_restarts += 1;
@@ -143,7 +141,10 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
         let edge = self.job.edges()[e].clone();
         let (producer, consumer) = (edge.from.0 as usize, edge.to.0 as usize);
         let fresh = self.register_edge(e).await?;
-        let old = std::mem::replace(&mut self.handles[e], fresh);
+        // The old shuffle is not unregistered: that call would wait out the
+        // retry window on the lost server while no task runs. What it holds
+        // on the live servers is freed with the app at the end.
+        self.handles[e] = fresh;
         let tasks_rerun = self.tasks[producer].len() as u32;
         let producer_name = self.job.stages()[producer].name.clone();
         self.bars[producer].note(format!(
@@ -183,10 +184,6 @@ impl<C: ShuffleClient, E: Executor> Scheduler<'_, C, E> {
                 self.bars[s].reset();
             }
         }
-        // The old shuffle is not unregistered here: that call would wait
-        // out the retry window on the lost server while no task runs. What
-        // it holds on the live servers is freed with the app at the end.
-        drop(old);
         Ok(())
     }
 

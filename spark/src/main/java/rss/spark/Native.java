@@ -51,7 +51,7 @@ final class Native {
   static native void close(long client) throws RssException;
 
   static native byte[] registerShuffle(
-      long client, String app, int shuffle, int maps, int partitions, String mode, boolean reachableOnly)
+      long client, String app, int shuffle, int maps, int partitions, String mode)
       throws RssException;
 
   static native void unregisterShuffle(long client, byte[] handle) throws RssException;

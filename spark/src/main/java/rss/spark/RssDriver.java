@@ -88,7 +88,7 @@ final class RssDriver implements ThreadSafeRpcEndpoint {
     return rpcEnv;
   }
 
-  /** Registers generation 0 of a new Spark shuffle on every server. */
+  /** Registers generation 0 of a new Spark shuffle on the servers live now. */
   synchronized byte[] register(int shuffleId, int maps, int partitions) throws RssException {
     byte[] handle =
         Native.registerShuffle(
@@ -97,8 +97,7 @@ final class RssDriver implements ThreadSafeRpcEndpoint {
             Generations.serviceShuffleId(shuffleId, 0),
             maps,
             partitions,
-            manager.conf().mode,
-            false);
+            manager.conf().mode);
     Shuffle s = new Shuffle(maps, partitions);
     s.handles.put(0, handle);
     shuffles.put(shuffleId, s);
@@ -107,7 +106,7 @@ final class RssDriver implements ThreadSafeRpcEndpoint {
 
   /**
    * The handle of {@code generation} of {@code shuffleId}; with {@code
-   * create}, registered on the servers that answer now if it is new.
+   * create}, registered on the servers live now if it is new.
    */
   synchronized byte[] generation(int shuffleId, int generation, boolean create) throws RssException {
     Shuffle s = shuffles.get(shuffleId);
@@ -129,8 +128,7 @@ final class RssDriver implements ThreadSafeRpcEndpoint {
             Generations.serviceShuffleId(shuffleId, generation),
             s.maps,
             s.partitions,
-            manager.conf().mode,
-            true);
+            manager.conf().mode);
     s.handles.put(generation, handle);
     LOG.info("shuffle {}: map stage attempt {} writes a new service shuffle", shuffleId, generation);
     return handle;
