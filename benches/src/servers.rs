@@ -37,6 +37,18 @@ pub fn server_binary() -> Result<PathBuf> {
     )
 }
 
+/// CPU time (user + system, every thread) of process `pid` so far, in
+/// seconds, from `/proc/PID/stat` (fields 14 and 15, in USER_HZ ticks,
+/// which Linux fixes at 100 for this file).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count after its `)`.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 impl Daemon {
     /// Starts a daemon on ephemeral loopback ports with `data_dir`.
     pub fn start(data_dir: &Path, memory_budget: &str) -> Result<Self> {
@@ -106,6 +118,11 @@ impl Daemon {
     /// Resident memory of the daemon now (VmRSS), in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
         self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// CPU time (user + system) of the daemon so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
     }
 
     fn status_kib(&self, key: &str) -> Option<u64> {

@@ -44,6 +44,8 @@ pub struct JobFile {
     /// How long connection errors to a shuffle server are retried before
     /// it is taken as lost (`"30s"`).
     pub retry_window: Option<String>,
+    /// Copies of each partition on the shuffle servers (1 or 2).
+    pub replication: Option<u32>,
     pub max_attempts: Option<u32>,
     pub block_size: Option<toml::Value>,
     pub compress: Option<bool>,

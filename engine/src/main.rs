@@ -24,7 +24,7 @@ use engine::progress::{Progress, ProgressMode};
 use engine::report::JobReport;
 use serde_json::Value;
 use shuffle_client::protocol::units::{human_bytes, parse_duration, parse_size};
-use shuffle_client::protocol::ShuffleMode;
+use shuffle_client::protocol::{Replication, ShuffleMode};
 use shuffle_client::WriterOptions;
 
 #[derive(Parser, Debug)]
@@ -173,6 +173,12 @@ struct CommonArgs {
     /// Default: 30s.
     #[arg(long, value_parser = parse_duration)]
     retry_window: Option<Duration>,
+    /// Copies of each partition of blocking and hybrid-full shuffles on
+    /// the shuffle servers: 1, or 2 for a replica on another server (a
+    /// lost server then costs no map re-run; pushes and storage double).
+    /// Needs --shuffle-servers with two or more. Default: 1.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
+    replication: Option<u32>,
     /// Attempts per task (and runs per region) before the job fails.
     /// Default: 3.
     #[arg(long)]
@@ -341,6 +347,14 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
     } else {
         flags.shuffle_servers.clone()
     };
+    let replication = flags.replication.or(file.replication).unwrap_or(1);
+    Replication::new(replication).map_err(|e| anyhow::anyhow!("`replication`: {e}"))?;
+    if replication > 1 && servers.len() < 2 {
+        anyhow::bail!(
+            "`replication` {replication} needs two or more --shuffle-servers (given: {})",
+            servers.len()
+        );
+    }
     let service = if servers.is_empty() {
         ServiceChoice::Embedded {
             data_dir: flags.data_dir.clone().or(file.data_dir.clone()),
@@ -357,6 +371,7 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
             },
             quic_ca: flags.quic_ca.clone().or(file.quic_ca.clone()),
             retry_window_ms: retry_window.map(|d| d.as_millis() as u64),
+            replication,
         })
     };
     let executors = if workers == 0 {
@@ -432,6 +447,12 @@ fn print_report(report: &JobReport) {
         println!(
             "  recovered: {} task retries, {} region restarts, {} map tasks re-run",
             report.retries, report.region_restarts, report.maps_rerun
+        );
+    }
+    if report.read_failovers > 0 {
+        println!(
+            "  {} partition read(s) went on from the replica",
+            report.read_failovers
         );
     }
     for r in &report.recoveries {

@@ -88,6 +88,9 @@ pub struct TaskOutput {
     pub records_out: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Times a read of a replicated partition went on from its other copy.
+    #[serde(default)]
+    pub read_failovers: u64,
     /// What the stage's summary saw (job-specific); `null` without one.
     pub summary: serde_json::Value,
 }

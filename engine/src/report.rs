@@ -50,6 +50,9 @@ pub struct JobReport {
     /// Producer tasks that ran again because a shuffle server holding
     /// their output was lost (blocking, hybrid-full).
     pub maps_rerun: u32,
+    /// Reads of replicated partitions that went on from the other copy
+    /// (replication 2: a copy lost, no map ran again).
+    pub read_failovers: u64,
     /// Each recovery from a lost shuffle: the stage run again, how many
     /// tasks, and the time to recover.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,7 +137,8 @@ pub(crate) fn report_of(
         records_in: sources,
         records_out: result.records_out,
         shuffle_bytes_written: all.clone().map(|t| t.bytes_written).sum(),
-        shuffle_bytes_read: all.map(|t| t.bytes_read).sum(),
+        shuffle_bytes_read: all.clone().map(|t| t.bytes_read).sum(),
+        read_failovers: all.map(|t| t.read_failovers).sum(),
         stages,
         retries: outcome.retries,
         region_restarts: outcome.region_restarts,

@@ -1,6 +1,7 @@
-//! One shuffle server of three killed with SIGKILL during a job, without
-//! replication: the job finishes valid, and only the producers of the lost
-//! shuffle run again (counted in the report, with the time to recover).
+//! One shuffle server of three killed with SIGKILL during a job. Without
+//! replication the job finishes valid, and only the producers of the lost
+//! shuffle run again (counted in the report, with the time to recover);
+//! with replication 2 it finishes valid with nothing run again.
 //!
 //! The servers are real processes: this test binary started again as a
 //! child that runs a shuffle server (`serve_as_child`), so the test always
@@ -236,4 +237,39 @@ fn a_server_killed_mid_job_restarts_the_pipelined_region_on_the_live_servers() {
         r["region_restarts"].as_u64().is_some_and(|n| n >= 1),
         "the region ran again: {r}\n{err}"
     );
+}
+
+/// With replication 2 nothing is lost with one server: no map runs again,
+/// no recovery, and the reads of the killed server's partitions went on
+/// from their replicas.
+fn assert_nothing_rerun(r: &Value, err: &str) {
+    assert_eq!(r["maps_rerun"], 0, "no map ran again: {r}\n{err}");
+    assert!(r.get("recoveries").is_none(), "no recovery: {r}");
+    assert_eq!(r["region_restarts"], 0, "{r}");
+}
+
+fn replicated_kill_mid_read(mode: &str) {
+    let extra = ["--slow-reads", "250ms", "--replication", "2"];
+    let (r, err) = run_and_kill(mode, "1", "rss_fetch_bytes_total", &extra);
+    assert_nothing_rerun(&r, &err);
+    assert!(
+        r["read_failovers"].as_u64().is_some_and(|n| n >= 1),
+        "{mode}: reads went on from the replicas: {r}\n{err}"
+    );
+}
+
+#[test]
+fn replicated_a_server_killed_mid_read_reruns_nothing_in_blocking_mode() {
+    replicated_kill_mid_read("blocking");
+}
+
+#[test]
+fn replicated_a_server_killed_mid_read_reruns_nothing_in_hybrid_full_mode() {
+    replicated_kill_mid_read("hybrid-full");
+}
+
+#[test]
+fn replicated_a_server_killed_during_the_map_stage_reruns_nothing() {
+    let (r, err) = run_and_kill("blocking", "1", "rss_push_bytes_total", &["--replication", "2"]);
+    assert_nothing_rerun(&r, &err);
 }

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod mode;
 #[cfg(feature = "net")]
 pub mod net;
+mod placement;
 pub mod records;
 mod service_error;
 pub mod units;
@@ -32,4 +33,5 @@ pub use error::ProtocolError;
 pub use hash::fnv1a64;
 pub use ids::{AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId};
 pub use mode::{CommitManifest, ShuffleMode, ShuffleSpec, SpillStrategy};
+pub use placement::{copy_server, Replication};
 pub use service_error::{ChecksumSite, ServiceError, StatusClass};

@@ -78,6 +78,15 @@ impl ShuffleMode {
         )
     }
 
+    /// A shuffle of this mode may keep a replica of each partition on a
+    /// second server (blocking, hybrid-full: the copies that persist). A
+    /// pipelined or hybrid-selective block lives in memory until its one
+    /// reader takes it, so an unread replica would hold the memory budget
+    /// forever: those modes keep one copy and restart a lost region.
+    pub fn replicates(self) -> bool {
+        self.persists_seal()
+    }
+
     /// Blocks live in memory only and never reach a disk (pipelined): a
     /// block is gone once a reader took it, so a lost reader restarts its
     /// region.

@@ -26,22 +26,44 @@ pub struct ShuffleHandle {
 pub enum Placement {
     /// In this process ([`crate::EmbeddedShuffle`]).
     Local,
-    /// Partition `p` lives on `servers[(p + offset) % servers.len()]`.
+    /// Copy `c` of partition `p` lives on
+    /// `servers[(p + offset + c) % servers.len()]` ([`protocol::copy_server`]):
+    /// the primary (`c = 0`) and, with replication 2, the replica on the
+    /// next server.
     Spread {
         servers: std::sync::Arc<[String]>,
         offset: u32,
+        replication: protocol::Replication,
     },
 }
 
 impl Placement {
-    /// The index of the server holding `partition`, for a spread placement.
+    /// The index of the server holding `partition`'s primary copy, for a
+    /// spread placement.
     pub fn server_of(&self, partition: PartitionId) -> Option<usize> {
+        self.copies_of(partition).first().copied()
+    }
+
+    /// The indexes of the servers holding `partition`'s copies, primary
+    /// first (empty for a local placement).
+    pub fn copies_of(&self, partition: PartitionId) -> Vec<usize> {
         match self {
-            Placement::Local => None,
-            Placement::Spread { servers, offset } => {
-                let n = servers.len().max(1) as u64;
-                Some(((u64::from(partition.0) + u64::from(*offset)) % n) as usize)
-            }
+            Placement::Local => Vec::new(),
+            Placement::Spread {
+                servers,
+                offset,
+                replication,
+            } => (0..replication.copies())
+                .map(|c| protocol::copy_server(partition, c, servers.len(), *offset))
+                .collect(),
+        }
+    }
+
+    /// The replication factor (one copy for a local placement).
+    pub fn replication(&self) -> protocol::Replication {
+        match self {
+            Placement::Local => protocol::Replication::ONE,
+            Placement::Spread { replication, .. } => *replication,
         }
     }
 }
@@ -136,6 +158,8 @@ pub struct ReadStats {
     pub blocks: u64,
     /// Bytes fetched: block headers plus stored payloads.
     pub fetched_bytes: u64,
+    /// Times a replicated read went on from the other copy.
+    pub failovers: u64,
 }
 
 /// The records of one block, in write order; each is a zero-copy slice.

@@ -215,6 +215,23 @@ impl ClientError {
         }
     }
 
+    /// True when this error, from one copy of a replicated partition, says
+    /// that copy cannot serve (its server lost or restarted without the
+    /// shuffle, its disk failed, its data unreadable): the writer goes on
+    /// with the other copy (degraded) and the reader fails over to it.
+    pub fn loses_copy(&self) -> bool {
+        matches!(
+            self,
+            ClientError::ServerLost { .. }
+                | ClientError::DiskFailed { .. }
+                | ClientError::UnknownShuffle { .. }
+                | ClientError::UnknownApp { .. }
+                | ClientError::DataGone { .. }
+                | ClientError::Corrupt { .. }
+                | ClientError::ChecksumMismatch { .. }
+        )
+    }
+
     /// A connection error that outlasted the retry window of a call about
     /// `shuffle` becomes [`ClientError::ServerLost`]; others pass.
     pub(crate) fn into_lost(self, shuffle: ShuffleId) -> Self {

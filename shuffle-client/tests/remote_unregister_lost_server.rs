@@ -56,6 +56,7 @@ async fn unregister_goes_on_past_a_lost_server() {
         Placement::Spread {
             servers: Arc::from(vec![survivor_url.to_string()]),
             offset: 0,
+            replication: shuffle_client::protocol::Replication::ONE,
         },
     );
     survivor

@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use protocol::{
-    AppId, AttemptId, CommitManifest, MapId, PartitionId, ServiceError, ShuffleId, ShuffleMode, ShuffleSpec,
+    AppId, AttemptId, CommitManifest, MapId, PartitionId, Replication, ServiceError, ShuffleId, ShuffleMode,
+    ShuffleSpec,
 };
 use tonic::{Request, Response, Status};
 
 use crate::proto::shuffle_control_server::ShuffleControl;
 use crate::proto::*;
 use crate::state::Shared;
+use crate::storage::CopyRole;
 use crate::wire_errors::to_status;
 
 /// The control-plane service.
@@ -93,10 +95,19 @@ impl ShuffleControl for ControlService {
             .and_then(|m| ShuffleMode::from_code(m).map_err(|_| ()))
             .map_err(|_| invalid(format!("unknown shuffle mode {}", r.mode)))?;
         let spec = ShuffleSpec::new(r.num_maps, r.num_partitions, mode).map_err(invalid)?;
+        let replication = Replication::new(r.replication.max(1)).map_err(invalid)?;
+        let role = if replication.copies() > 1 {
+            Some(
+                CopyRole::new(r.placement_servers, r.placement_index, r.placement_offset)
+                    .map_err(|reason| invalid(format!("replicated shuffle: {reason}")))?,
+            )
+        } else {
+            None
+        };
         self.shared.refuse_if_draining().map_err(|e| self.fail(e))?;
         self.shared.apps.touch(&app).map_err(|e| self.fail(e))?;
         let shuffle = ShuffleId(r.shuffle_id);
-        self.blocking(move |s| s.register_shuffle(&app, shuffle, spec))
+        self.blocking(move |s| s.register_shuffle_as(&app, shuffle, spec, role))
             .await?;
         Ok(Response::new(Empty {}))
     }

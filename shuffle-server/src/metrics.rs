@@ -41,6 +41,7 @@ pub struct Metrics {
     pub disk_healthy: IntGaugeVec,
     pub disk_accepting: IntGaugeVec,
     pub quarantined_shuffles: IntCounter,
+    pub replication_bytes: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -173,6 +174,10 @@ impl Metrics {
                 "rss_quarantined_shuffles_total",
                 "Shuffles moved to quarantine at start-up (meta unreadable or invalid).",
             ),
+            replication_bytes: counter(
+                "rss_replication_bytes_total",
+                "Bytes of new blocks stored as the replica copy of a partition (replication 2).",
+            ),
             expired_applications: counter(
                 "rss_expired_applications_total",
                 "Applications expired for missing heartbeats.",
@@ -275,6 +280,7 @@ mod tests {
             "rss_disk_errors_total",
             "rss_disk_healthy",
             "rss_quarantined_shuffles_total",
+            "rss_replication_bytes_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -66,6 +66,7 @@ async fn hostile_app_ids_are_invalid_argument_on_every_call() -> Result<()> {
                 num_maps: 1,
                 num_partitions: 1,
                 mode: 0,
+                ..Default::default()
             })
             .await;
         refused(&what("RegisterShuffle"), r, Code::InvalidArgument, malformed)?;
@@ -152,6 +153,7 @@ async fn bad_shapes_and_manifests_are_invalid_argument() -> Result<()> {
         num_maps,
         num_partitions,
         mode,
+        ..Default::default()
     };
     for (what, req) in [
         ("num_maps 0", shape(0, 2, 0)),

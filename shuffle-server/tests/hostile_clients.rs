@@ -190,6 +190,7 @@ async fn idle_and_slowloris_connections_are_closed_busy_ones_are_not() -> Result
             num_maps: 1,
             num_partitions: 1,
             mode: u32::from(ShuffleMode::Pipelined.code()),
+            ..Default::default()
         }),
     )
     .await??;
@@ -284,6 +285,7 @@ async fn register(
             num_maps: maps,
             num_partitions: partitions,
             mode: 0,
+            ..Default::default()
         }),
     )
     .await?;

@@ -222,6 +222,7 @@ async fn sigterm_drains_what_is_in_flight_and_exits_zero() -> Result<()> {
             num_maps: 1,
             num_partitions: 1,
             mode: 0,
+            ..Default::default()
         })
         .await
         .expect_err("a new shuffle while draining");

@@ -19,7 +19,7 @@ use benches::servers::Daemon;
 use benches::units::parse_size;
 use benches::workload::{self, PhaseResults, WorkloadSpec};
 use clap::{Parser, ValueEnum};
-use protocol::ShuffleMode;
+use protocol::{Replication, ShuffleMode};
 use serde::Serialize;
 use shuffle_client::{EmbeddedShuffle, QuicTrust, RemoteOptions, RemoteShuffle};
 
@@ -62,6 +62,11 @@ struct Cli {
     /// Servers to start (ignored with --urls).
     #[arg(long, default_value_t = 1)]
     servers: usize,
+    /// Copies of each partition (blocking, hybrid-full): 1, or 2 for a
+    /// replica on another server pushed by the client. Needs two or more
+    /// servers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    replication: u32,
     /// Comma-separated URLs of running servers, instead of starting them.
     #[arg(long, value_delimiter = ',')]
     urls: Vec<String>,
@@ -124,6 +129,8 @@ struct Report {
     record_size: usize,
     parallelism: usize,
     records: u64,
+    /// Copies of each partition.
+    replication: u32,
     /// Raw record bytes shuffled.
     shuffled_bytes: u64,
     /// Block bytes pushed (after compression).
@@ -151,6 +158,12 @@ struct Report {
     total_seconds: f64,
     /// Raw bytes shuffled per second of `shuffle_seconds`.
     throughput_gb_per_sec: f64,
+    /// CPU time (user + system) of the benchmark's client over the
+    /// shuffle, plus the started servers' over their lives; on one machine
+    /// this is what a second copy costs, not network.
+    cpu_seconds: Option<f64>,
+    /// `cpu_seconds` per GB (1e9 bytes) of raw records shuffled.
+    cpu_seconds_per_gb: Option<f64>,
     push_p50_ms: f64,
     push_p99_ms: f64,
     push_requests: usize,
@@ -214,6 +227,17 @@ fn main() -> Result<()> {
     );
     let inputs = Arc::new(workload::generate(&spec));
 
+    let server_count = if cli.urls.is_empty() {
+        cli.servers
+    } else {
+        cli.urls.len()
+    };
+    if cli.replication > 1 && (cli.transport == TransportArg::Embedded || server_count < 2) {
+        bail!(
+            "--replication {} needs two or more servers (--servers 2, or --urls)",
+            cli.replication
+        );
+    }
     if cli.hostile && (cli.transport == TransportArg::Embedded || !cli.urls.is_empty()) {
         bail!("--hostile needs servers this run starts (not --urls, not embedded)");
     }
@@ -222,6 +246,7 @@ fn main() -> Result<()> {
     let mut held = Held::default();
     let rss_after_map = std::cell::RefCell::new(None);
     let started = Instant::now();
+    let client_cpu_before = benches::servers::cpu_seconds(std::process::id());
     let results: PhaseResults = runtime.block_on(async {
         match cli.transport {
             TransportArg::Embedded => {
@@ -257,6 +282,7 @@ fn main() -> Result<()> {
                     .collect::<Result<Vec<_>>>()?;
                 let options = RemoteOptions {
                     quic_trust: QuicTrust::Pinned(pins),
+                    replication: Replication::new(cli.replication).map_err(anyhow::Error::msg)?,
                     ..RemoteOptions::default()
                 };
                 let client = RemoteShuffle::connect_str(&urls.join(","), options)
@@ -274,6 +300,15 @@ fn main() -> Result<()> {
         }
     })?;
     let total_seconds = started.elapsed().as_secs_f64();
+    let client_cpu = benches::servers::cpu_seconds(std::process::id())
+        .zip(client_cpu_before)
+        .map(|(after, before)| after - before);
+    let server_cpu: Option<f64> = daemons.iter().map(Daemon::cpu_seconds).sum();
+    let cpu_seconds = match (client_cpu, server_cpu, daemons.is_empty()) {
+        (Some(c), _, true) => Some(c),
+        (Some(c), Some(s), false) => Some(c + s),
+        _ => None,
+    };
     drop(held);
     let server_peak_rss_bytes = daemons.iter().filter_map(Daemon::peak_rss_bytes).max();
     let servers = daemons.len();
@@ -308,6 +343,9 @@ fn main() -> Result<()> {
         first_block_seconds: results.first_block_seconds,
         total_seconds,
         throughput_gb_per_sec: throughput / 1e9,
+        cpu_seconds,
+        cpu_seconds_per_gb: cpu_seconds.map(|c| c / (shuffled as f64 / 1e9)),
+        replication: cli.replication,
         push_p50_ms: results.push_latency.quantile_ms(0.5),
         push_p99_ms: results.push_latency.quantile_ms(0.99),
         push_requests: results.push_latency.len(),
@@ -422,6 +460,12 @@ fn print_human(r: &Report) {
             human(r.pushed_bytes),
             human(r.fetched_bytes),
             human(r.disk_bytes)
+        );
+    }
+    if let (Some(cpu), Some(per_gb)) = (r.cpu_seconds, r.cpu_seconds_per_gb) {
+        println!(
+            "  replication {}: CPU {cpu:.2}s (client + servers), {per_gb:.2} CPU s per GB shuffled",
+            r.replication
         );
     }
     println!(

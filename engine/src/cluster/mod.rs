@@ -171,6 +171,7 @@ pub async fn run_job(
                 quic_pins: Vec::new(),
                 quic_ca: None,
                 retry_window_ms: None,
+                replication: 1,
             };
             let result = run.on_workers(spec, spec_).await;
             if let Err(e) = served.shutdown().await {

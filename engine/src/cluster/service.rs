@@ -1,6 +1,7 @@
 //! Reaching the shuffle service: the servers named on the command line, or
 //! the embedded one.
 
+use shuffle_client::protocol::Replication;
 use shuffle_client::{QuicTrust, RemoteOptions, RemoteShuffle};
 
 use super::wire::ServiceSpec;
@@ -46,6 +47,10 @@ pub async fn connect_remote(spec: &ServiceSpec) -> Result<RemoteShuffle, EngineE
         retry_window: spec
             .retry_window_ms
             .map_or(defaults.retry_window, std::time::Duration::from_millis),
+        replication: Replication::new(spec.replication).map_err(|e| EngineError::InvalidArgument {
+            what: "replication",
+            reason: e.to_string(),
+        })?,
         ..defaults
     };
     let urls = spec.urls.join(",");

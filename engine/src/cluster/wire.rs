@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shuffle_client::protocol::{AppId, ShuffleId, ShuffleMode, ShuffleSpec};
+use shuffle_client::protocol::{AppId, Replication, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{Placement, ShuffleHandle, WriterOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -52,6 +52,9 @@ pub struct ServiceSpec {
     /// lost; `None`: the client's default (30 s).
     #[serde(default)]
     pub retry_window_ms: Option<u64>,
+    /// Copies of each partition of the shuffles registered (1 or 2).
+    #[serde(default = "one_copy")]
+    pub replication: u32,
 }
 
 /// A shuffle handle as sent to a worker.
@@ -65,13 +68,21 @@ pub struct WireHandle {
     /// Empty for an in-process service.
     pub servers: Vec<String>,
     pub offset: u32,
+    /// Copies of each partition (1 when absent: a coordinator of before
+    /// replication).
+    #[serde(default = "one_copy")]
+    pub replication: u32,
+}
+
+fn one_copy() -> u32 {
+    1
 }
 
 impl WireHandle {
     pub fn from_handle(h: &ShuffleHandle) -> Self {
         let (servers, offset) = match h.placement() {
             Placement::Local => (Vec::new(), 0),
-            Placement::Spread { servers, offset } => (servers.to_vec(), *offset),
+            Placement::Spread { servers, offset, .. } => (servers.to_vec(), *offset),
         };
         WireHandle {
             app: h.app().to_string(),
@@ -81,6 +92,7 @@ impl WireHandle {
             mode: h.spec().mode().name().to_string(),
             servers,
             offset,
+            replication: h.placement().replication().copies() as u32,
         }
     }
 
@@ -104,9 +116,17 @@ impl WireHandle {
                     self.servers.len()
                 )));
             }
+            let replication = Replication::new(self.replication).map_err(|e| bad(e.to_string()))?;
+            if replication.copies() > self.servers.len() {
+                return Err(bad(format!(
+                    "replication {replication} over {} servers",
+                    self.servers.len()
+                )));
+            }
             Placement::Spread {
                 servers: self.servers.clone().into(),
                 offset: self.offset,
+                replication,
             }
         };
         Ok(ShuffleHandle::from_parts(
@@ -337,6 +357,7 @@ mod tests {
             mode: "blocking".into(),
             servers: vec![],
             offset: 0,
+            replication: 1,
         };
         assert!(h.to_handle().is_err());
         h.app = "ok".into();
@@ -348,5 +369,20 @@ mod tests {
         assert!(h.to_handle().is_err());
         h.offset = 0;
         assert!(h.to_handle().is_ok());
+        h.replication = 2;
+        let e = h.to_handle().expect_err("two copies over one server").to_string();
+        assert!(e.contains("replication 2 over 1 servers"), "{e}");
+        h.servers.push("tcp://127.0.0.1:2".into());
+        assert_eq!(
+            h.to_handle()
+                .expect("two servers")
+                .placement()
+                .replication()
+                .copies(),
+            2
+        );
+        h.replication = 3;
+        let e = h.to_handle().expect_err("three copies").to_string();
+        assert!(e.contains("replication factor"), "{e}");
     }
 }

@@ -350,6 +350,7 @@ impl Job {
             let s = reader.stats();
             result.records_in += s.records;
             result.bytes_read += s.fetched_bytes;
+            result.read_failovers += s.failovers;
         }
         out.finish(&mut result).await?;
         Ok(result)

@@ -1,6 +1,11 @@
 //! `RemoteShuffle`: the `ShuffleClient` for shuffle servers over the
 //! network, one server or many.
 //!
+//! * Replication (`RemoteOptions::replication`, 1 by default): with 2,
+//!   every partition of a blocking or hybrid-full shuffle has a primary and
+//!   a replica on the next server of the placement; the client pushes and
+//!   commits to both, reads the primary and fails over to the replica
+//!   (see `copies` and `reader`).
 //! * Placement: at registration each server is asked its status (one try,
 //!   within `connect_timeout`); the shuffle is placed over those that
 //!   answer, are not draining and have a healthy data directory, its
@@ -15,9 +20,10 @@
 //! * Pushes: a writer batches blocks per server and keeps a bounded number
 //!   of pushes in flight; a push that fails on a connection error is sent
 //!   again (the server drops the duplicates).
-//! * Commits go to every server in a fixed order (server 0 first), so that
-//!   two racing attempts of a map cannot each win a different server: the
-//!   loser is refused by server 0 and stops.
+//! * Commits go to every server in a fixed order (server 0 first, or the
+//!   first live one of a replicated shuffle), so that two racing attempts
+//!   of a map cannot each win a different server: the loser is refused by
+//!   the first and stops.
 //! * Fetches stream, and resume from the next block after a broken
 //!   connection; every block received is checked to belong to the
 //!   request.
@@ -30,6 +36,7 @@
 
 mod conn;
 mod control;
+mod copies;
 mod reader;
 mod retry;
 mod tls;
@@ -44,11 +51,13 @@ use std::time::Duration;
 use protocol::frame::{Frame, PushBlocks};
 use protocol::net::proto;
 use protocol::{
-    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, ShuffleId, ShuffleSpec,
+    AppId, AttemptId, Block, CommitManifest, MapId, MapRange, PartitionId, Replication, ShuffleId,
+    ShuffleSpec,
 };
 
 use self::conn::DataClient;
 use self::control::Control;
+use self::copies::{CopyFailures, LostCopies};
 pub use self::reader::RemoteReader;
 use self::retry::RetryPolicy;
 pub use self::tls::QuicTrust;
@@ -94,6 +103,14 @@ pub struct RemoteOptions {
     pub max_in_flight_pushes: usize,
     /// How QUIC servers are trusted. Default: none (QUIC URLs fail).
     pub quic_trust: QuicTrust,
+    /// Copies of each partition of the blocking and hybrid-full shuffles
+    /// this client registers (pipelined and hybrid-selective ones keep one:
+    /// [`protocol::ShuffleMode::replicates`]). Default 1: a second copy
+    /// doubles the bytes pushed and stored, and without it a lost server
+    /// costs only the producers of what it held (the engine and Spark run
+    /// them again); 2 is for jobs where re-running maps costs more than
+    /// writing twice. With 2 a shuffle needs two live servers.
+    pub replication: Replication,
 }
 
 impl Default for RemoteOptions {
@@ -108,6 +125,7 @@ impl Default for RemoteOptions {
             push_batch_bytes: 4 << 20,
             max_in_flight_pushes: 4,
             quic_trust: QuicTrust::None,
+            replication: Replication::ONE,
         }
     }
 }
@@ -137,6 +155,9 @@ pub(crate) struct Server {
 /// app id, shuffle id, block count).
 const PUSH_FRAME_OVERHEAD: usize = 1024;
 
+/// A control-plane client of one server.
+type ControlClient = proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>;
+
 /// The servers a shuffle was placed over, in its handle's order.
 pub(crate) type Placed = Arc<[Arc<Server>]>;
 
@@ -147,6 +168,8 @@ pub(crate) struct Inner {
     /// The configured servers that did not, and why.
     pub unreachable: Vec<(String, String)>,
     pub options: RemoteOptions,
+    /// Copies of replicated shuffles found lost (see `copies`).
+    pub lost: LostCopies,
     next_request: AtomicU64,
     heartbeats: Mutex<HashMap<AppId, tokio::task::JoinHandle<()>>>,
 }
@@ -322,10 +345,16 @@ impl RemoteShuffle {
                 servers,
                 unreachable,
                 options,
+                lost: LostCopies::default(),
                 next_request: AtomicU64::new(1),
                 heartbeats: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The settings this client was connected with.
+    pub fn options(&self) -> &RemoteOptions {
+        &self.inner.options
     }
 
     /// Parses comma-separated URLs and connects.
@@ -358,7 +387,7 @@ impl RemoteShuffle {
             map_id: map.map_or(0, |m| m.0),
         };
         let replies = self
-            .on_every_server(&placed, "committed_sizes", |mut c| {
+            .on_live_copies(&placed, handle, "committed_sizes", |mut c| {
                 let request = request.clone();
                 async move { c.committed_sizes(request).await }
             })
@@ -366,7 +395,8 @@ impl RemoteShuffle {
         let partitions = handle.spec().num_partitions();
         let mut bytes = vec![0u64; partitions as usize];
         let mut attempts = Vec::new();
-        for (reply, server) in replies.iter().zip(placed.iter()) {
+        for (index, reply) in &replies {
+            let server = &placed[*index];
             attempts.push(reply.committed.then_some(AttemptId(reply.attempt)));
             for p in &reply.partitions {
                 let slot = bytes
@@ -375,7 +405,9 @@ impl RemoteShuffle {
                         location: server.name.clone(),
                         reason: format!("sizes name partition {} of {partitions}", p.partition),
                     })?;
-                *slot += p.bytes;
+                // A partition's copies hold the same blocks; unreplicated,
+                // one server reports it.
+                *slot = (*slot).max(p.bytes);
             }
         }
         let attempt = match attempts.first() {
@@ -399,12 +431,13 @@ impl RemoteShuffle {
         }
     }
 
-    /// The index in `placed` of the server holding `partition`.
-    fn server_index(
+    /// The indexes in `placed` of the servers holding `partition`'s
+    /// copies, primary first.
+    fn copy_indexes(
         placed: &Placed,
         handle: &ShuffleHandle,
         partition: PartitionId,
-    ) -> Result<usize, ClientError> {
+    ) -> Result<Vec<usize>, ClientError> {
         let n = handle.spec().num_partitions();
         if partition.0 >= n {
             return Err(ClientError::PartitionOutOfRange {
@@ -412,11 +445,57 @@ impl RemoteShuffle {
                 num_partitions: n,
             });
         }
-        handle
-            .placement()
-            .server_of(partition)
-            .filter(|&i| i < placed.len())
-            .ok_or_else(|| invalid_handle("not placed on remote servers".into()))
+        let copies = handle.placement().copies_of(partition);
+        if copies.is_empty() || copies.iter().any(|&i| i >= placed.len()) {
+            return Err(invalid_handle("not placed on remote servers".into()));
+        }
+        Ok(copies)
+    }
+
+    /// Calls `f` on each server of `placed` with retries, in order. For a
+    /// replicated shuffle, copies found lost are skipped and a copy that
+    /// fails as lost is marked and passed over (at least one must answer);
+    /// otherwise the first error is returned. Returns the replies with
+    /// their servers' indexes.
+    async fn on_live_copies<T, F, Fut>(
+        &self,
+        placed: &Placed,
+        handle: &ShuffleHandle,
+        what: &str,
+        f: F,
+    ) -> Result<Vec<(usize, T)>, ClientError>
+    where
+        F: Fn(ControlClient) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let replicated = handle.placement().replication().copies() > 1;
+        let (app, shuffle) = (handle.app(), handle.shuffle());
+        let mut out = Vec::with_capacity(placed.len());
+        let mut why = CopyFailures::default();
+        for (index, server) in placed.iter().enumerate() {
+            if replicated {
+                if let Some(reason) = self.inner.lost.why(&server.name, app, shuffle) {
+                    why.skipped(&server.name, &reason);
+                    continue;
+                }
+            }
+            // A replicated copy gone for the window is lost (and passed
+            // over); unreplicated, the caller gets the connection error.
+            let reply = self.on_server(server, what, &f).await;
+            match reply.map_err(|e| if replicated { e.into_lost(shuffle) } else { e }) {
+                Ok(reply) => out.push((index, reply)),
+                Err(e) if replicated && e.loses_copy() => {
+                    self.inner.lost.mark(&server.name, app, shuffle, &e);
+                    why.failed(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            let names: Vec<&str> = placed.iter().map(|s| s.name.as_str()).collect();
+            return Err(why.into_error(&names, shuffle));
+        }
+        Ok(out)
     }
 
     /// The servers a new shuffle is placed over: those that answer a status
@@ -448,7 +527,10 @@ impl RemoteShuffle {
                 }
             };
             match why {
-                None => live.push(server.clone()),
+                None => {
+                    self.inner.lost.revive(&server.name);
+                    live.push(server.clone());
+                }
                 Some(why) => {
                     tracing::warn!(server = %server.name, "left out of a new shuffle: {why}");
                     left_out.push(format!("{}: {why}", server.name));
@@ -524,25 +606,6 @@ impl RemoteShuffle {
         Ok(())
     }
 
-    /// Calls `f` on each of `servers`' control planes, in order, with
-    /// retries.
-    async fn on_every_server<T, F, Fut>(
-        &self,
-        servers: &[Arc<Server>],
-        what: &str,
-        f: F,
-    ) -> Result<Vec<T>, ClientError>
-    where
-        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let mut out = Vec::with_capacity(servers.len());
-        for server in servers {
-            out.push(self.on_server(server, what, &f).await?);
-        }
-        Ok(out)
-    }
-
     /// Calls `f` on each of `servers`' control planes, with retries, going
     /// on past a server that fails (a lost server must not keep the others
     /// from deleting their data); returns the first error.
@@ -553,7 +616,7 @@ impl RemoteShuffle {
         f: F,
     ) -> Result<(), ClientError>
     where
-        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
+        F: Fn(ControlClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut first_error = None;
@@ -568,7 +631,7 @@ impl RemoteShuffle {
     /// Calls `f` on one server's control plane, with retries.
     async fn on_server<T, F, Fut>(&self, server: &Server, what: &str, f: &F) -> Result<T, ClientError>
     where
-        F: Fn(proto::shuffle_control_client::ShuffleControlClient<tonic::transport::Channel>) -> Fut,
+        F: Fn(ControlClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let reply = self
@@ -607,25 +670,48 @@ impl ShuffleClient for RemoteShuffle {
         spec: ShuffleSpec,
     ) -> Result<ShuffleHandle, ClientError> {
         self.ensure_app(app).await?;
-        let request = proto::RegisterShuffleRequest {
-            app_id: app.to_string(),
-            shuffle_id: shuffle.0,
-            num_maps: spec.num_maps(),
-            num_partitions: spec.num_partitions(),
-            mode: u32::from(spec.mode().code()),
+        let replication = if spec.mode().replicates() {
+            self.inner.options.replication
+        } else {
+            Replication::ONE
         };
         // With no server live (the only one restarting), placing is
         // retried like any call, for the retry window.
         let live = self.inner.retry("place_shuffle", || self.live_servers()).await?;
-        self.on_every_server(&live, "register_shuffle", |mut c| {
-            let request = request.clone();
-            async move { c.register_shuffle(request).await }
-        })
-        .await?;
+        if live.len() < replication.copies() {
+            return Err(ClientError::Connection {
+                server: live.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+                reason: format!(
+                    "replication {replication} needs {} live servers, {} can take a new shuffle",
+                    replication.copies(),
+                    live.len()
+                ),
+            });
+        }
+        let offset = placement_offset(app, shuffle, live.len());
+        for (index, server) in live.iter().enumerate() {
+            let request = proto::RegisterShuffleRequest {
+                app_id: app.to_string(),
+                shuffle_id: shuffle.0,
+                num_maps: spec.num_maps(),
+                num_partitions: spec.num_partitions(),
+                mode: u32::from(spec.mode().code()),
+                replication: replication.copies() as u32,
+                placement_servers: live.len() as u32,
+                placement_index: index as u32,
+                placement_offset: offset,
+            };
+            let register = |mut c: ControlClient| {
+                let request = request.clone();
+                async move { c.register_shuffle(request).await }
+            };
+            self.on_server(server, "register_shuffle", &register).await?;
+        }
         let names: Vec<String> = live.iter().map(|s| s.name.clone()).collect();
         let placement = Placement::Spread {
             servers: names.into(),
-            offset: placement_offset(app, shuffle, live.len()),
+            offset,
+            replication,
         };
         Ok(ShuffleHandle::new(app.clone(), shuffle, spec, placement))
     }
@@ -664,21 +750,52 @@ impl ShuffleClient for RemoteShuffle {
             self.shuffle_status(handle).await?;
             return Ok(PushAck::default());
         }
-        let mut per_server: Vec<Vec<Block>> = vec![Vec::new(); placed.len()];
+        // Every copy gets the block: one push per (copy, server, primary),
+        // primaries first. The ack counts each block once, as its primary
+        // took it, or its replica when the primary is lost.
+        let mut groups: std::collections::BTreeMap<(usize, usize, usize), Vec<Block>> = Default::default();
+        let mut wanted = vec![false; placed.len()];
         for block in blocks {
-            per_server[Self::server_index(&placed, handle, block.id().partition)?].push(block);
-        }
-        let mut total = PushAck::default();
-        for (server, blocks) in placed.iter().zip(per_server) {
-            if blocks.is_empty() {
-                continue;
+            let copies = Self::copy_indexes(&placed, handle, block.id().partition)?;
+            wanted[copies[0]] = true;
+            for (copy, &server) in copies.iter().enumerate() {
+                groups
+                    .entry((copy, server, copies[0]))
+                    .or_default()
+                    .push(block.clone());
             }
-            let ack = self
-                .inner
-                .push(server, handle.app(), handle.shuffle(), blocks)
-                .await?;
-            total.stored += ack.stored;
-            total.duplicates += ack.duplicates;
+        }
+        let (app, shuffle) = (handle.app(), handle.shuffle());
+        let replicated = handle.placement().replication().copies() > 1;
+        let mut reached = vec![false; placed.len()];
+        let mut total = PushAck::default();
+        let mut why = CopyFailures::default();
+        for ((copy, index, primary), blocks) in groups {
+            let server = &placed[index];
+            if replicated {
+                if let Some(reason) = self.inner.lost.why(&server.name, app, shuffle) {
+                    why.skipped(&server.name, &reason);
+                    continue;
+                }
+            }
+            match self.inner.push(server, app, shuffle, blocks).await {
+                Ok(ack) => {
+                    if copy == 0 || !reached[primary] {
+                        total.stored += ack.stored;
+                        total.duplicates += ack.duplicates;
+                    }
+                    reached[primary] = true;
+                }
+                Err(e) if replicated && e.loses_copy() => {
+                    self.inner.lost.mark(&server.name, app, shuffle, &e);
+                    why.failed(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(primary) = (0..placed.len()).find(|&p| wanted[p] && !reached[p]) {
+            let names = [placed[primary].name.as_str()];
+            return Err(why.into_error(&names, shuffle));
         }
         Ok(total)
     }
@@ -701,19 +818,26 @@ impl ShuffleClient for RemoteShuffle {
         maps: MapRange,
     ) -> Result<RemoteReader, ClientError> {
         let placed = self.inner.placed(handle)?;
-        let server = placed[Self::server_index(&placed, handle, partition)?].clone();
-        RemoteReader::open(self.inner.clone(), server, handle, partition, maps).await
+        let copies = Self::copy_indexes(&placed, handle, partition)?;
+        // Copies already found lost are tried last.
+        let (app, shuffle) = (handle.app(), handle.shuffle());
+        let mut servers: Vec<Arc<Server>> = copies.iter().map(|&i| placed[i].clone()).collect();
+        servers.sort_by_key(|s| self.inner.lost.why(&s.name, app, shuffle).is_some());
+        RemoteReader::open(self.inner.clone(), servers, handle, partition, maps).await
     }
 
     async fn shuffle_status(&self, handle: &ShuffleHandle) -> Result<ShuffleStatus, ClientError> {
         let placed = self.inner.placed(handle)?;
         let request = shuffle_ref(handle);
-        let replies = self
-            .on_every_server(&placed, "shuffle_status", |mut c| {
+        let replies: Vec<_> = self
+            .on_live_copies(&placed, handle, "shuffle_status", |mut c| {
                 let request = request.clone();
                 async move { c.shuffle_status(request).await }
             })
-            .await?;
+            .await?
+            .into_iter()
+            .map(|(_, reply)| reply)
+            .collect();
         Ok(ShuffleStatus {
             committed_maps: replies.iter().map(|r| r.committed_maps).min().unwrap_or(0),
             num_maps: handle.spec().num_maps(),
@@ -740,6 +864,10 @@ impl ShuffleClient for RemoteShuffle {
             }
             Err(e) => return Err(e),
         };
+        let placed: Vec<Arc<Server>> = placed
+            .into_iter()
+            .filter(|s| !self.inner.lost.server_lost(&s.name))
+            .collect();
         let request = shuffle_ref(handle);
         self.on_each_server_to_the_end(&placed, "unregister_shuffle", |mut c| {
             let request = request.clone();
@@ -753,7 +881,16 @@ impl ShuffleClient for RemoteShuffle {
         let request = proto::AppRequest {
             app_id: app.to_string(),
         };
-        self.on_each_server_to_the_end(&self.inner.servers, "unregister_app", |mut c| {
+        // A server found lost has nothing left to delete (should it come
+        // back with the app's sealed data, the app expires there).
+        let servers: Vec<Arc<Server>> = self
+            .inner
+            .servers
+            .iter()
+            .filter(|s| !self.inner.lost.server_lost(&s.name))
+            .cloned()
+            .collect();
+        self.on_each_server_to_the_end(&servers, "unregister_app", |mut c| {
             let request = request.clone();
             async move { c.unregister_app(request).await }
         })
@@ -763,6 +900,9 @@ impl ShuffleClient for RemoteShuffle {
 
 /// Commits on server 0 first, then the others in order, each with the part
 /// of the manifest it holds. See the module docs for why the order matters.
+/// A replicated shuffle skips copies found lost, and goes on past a copy
+/// that fails as lost (marked, degraded): the commit counts when every
+/// partition of the manifest committed on at least one live copy.
 pub(crate) async fn commit_on_every_server(
     inner: &Inner,
     placed: &Placed,
@@ -771,20 +911,31 @@ pub(crate) async fn commit_on_every_server(
     attempt: AttemptId,
     manifest: &CommitManifest,
 ) -> Result<CommitAck, ClientError> {
+    let placement = handle.placement();
+    let replicated = placement.replication().copies() > 1;
+    let (app, shuffle) = (handle.app(), handle.shuffle());
     let mut sealed = true;
+    let mut committed = vec![false; placed.len()];
+    let mut why = CopyFailures::default();
     for (index, server) in placed.iter().enumerate() {
+        if replicated {
+            if let Some(reason) = inner.lost.why(&server.name, app, shuffle) {
+                why.skipped(&server.name, &reason);
+                continue;
+            }
+        }
         let blocks: Vec<proto::BlockCount> = manifest
             .entries()
             .iter()
-            .filter(|(p, _)| handle.placement().server_of(*p) == Some(index))
+            .filter(|(p, _)| placement.copies_of(*p).contains(&index))
             .map(|(p, n)| proto::BlockCount {
                 partition: p.0,
                 blocks: *n,
             })
             .collect();
         let request = proto::CommitMapRequest {
-            app_id: handle.app().to_string(),
-            shuffle_id: handle.shuffle().0,
+            app_id: app.to_string(),
+            shuffle_id: shuffle.0,
             map_id: map.0,
             attempt_id: attempt.0,
             blocks,
@@ -796,8 +947,29 @@ pub(crate) async fn commit_on_every_server(
                 async move { c.commit_map(request).await.map_err(|s| server.control.error(s)) }
             })
             .await
-            .map_err(|e| e.into_lost(handle.shuffle()))?;
-        sealed &= reply.into_inner().sealed;
+            .map_err(|e| e.into_lost(shuffle));
+        match reply {
+            Ok(reply) => {
+                committed[index] = true;
+                sealed &= reply.into_inner().sealed;
+            }
+            Err(e) if replicated && e.loses_copy() => {
+                inner.lost.mark(&server.name, app, shuffle, &e);
+                why.failed(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let uncommitted = manifest
+        .entries()
+        .iter()
+        .map(|(p, _)| placement.copies_of(*p))
+        .find(|copies| !copies.iter().any(|&i| committed[i]));
+    if let Some(copies) =
+        uncommitted.or_else(|| (!committed.contains(&true)).then(|| (0..placed.len()).collect()))
+    {
+        let names: Vec<&str> = copies.iter().map(|&i| placed[i].name.as_str()).collect();
+        return Err(why.into_error(&names, shuffle));
     }
     Ok(CommitAck { sealed })
 }

@@ -85,6 +85,36 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`], with a client that keeps `copies` of each
+    /// partition of the shuffles it registers.
+    pub async fn start_replicated(n: usize, transport: Transport, copies: u32) -> Self {
+        let mut cluster = Self::start(n, transport).await;
+        cluster.replicate(copies).await;
+        cluster
+    }
+
+    /// [`Cluster::start_budgeted`], replicated.
+    pub async fn start_budgeted_replicated(n: usize, transport: Transport, budget: u64, copies: u32) -> Self {
+        let mut cluster = Self::start_budgeted(n, transport, budget).await;
+        cluster.replicate(copies).await;
+        cluster
+    }
+
+    /// Reconnects the client with `copies` per partition (its other
+    /// options as they were).
+    pub async fn replicate(&mut self, copies: u32) {
+        if copies == 1 {
+            return;
+        }
+        let options = RemoteOptions {
+            replication: shuffle_client::protocol::Replication::new(copies).expect("copies"),
+            ..self.client.options().clone()
+        };
+        self.client = RemoteShuffle::connect(&Self::urls(&self.servers, self.transport), options)
+            .await
+            .expect("client connects");
+    }
+
     /// Memory budget in use and the budget, summed over the servers.
     pub async fn memory(&self) -> (u64, u64) {
         let mut total = (0, 0);
@@ -137,11 +167,14 @@ impl Cluster {
 }
 
 /// Runs the conformance suite against `RemoteShuffle` over `$transport`
-/// with `$servers` servers. The test file declares `mod conformance;` and
+/// with `$servers` servers (and `replication = N` copies per partition). The test file declares `mod conformance;` and
 /// `mod support;`.
 #[macro_export]
 macro_rules! remote_conformance {
     ($servers:expr, $transport:expr) => {
+        remote_conformance!($servers, $transport, replication = 1);
+    };
+    ($servers:expr, $transport:expr, replication = $copies:expr) => {
         impl conformance::Harness for support::Cluster {
             type Client = shuffle_client::RemoteShuffle;
             fn client(&self) -> &shuffle_client::RemoteShuffle {
@@ -158,13 +191,16 @@ macro_rules! remote_conformance {
                 self.tmp.path().to_path_buf()
             }
             async fn with_budget(bytes: u64) -> Self {
-                support::Cluster::start_budgeted($servers, $transport, bytes).await
+                support::Cluster::start_budgeted_replicated($servers, $transport, bytes, $copies).await
             }
             async fn memory(&self) -> (u64, u64) {
                 support::Cluster::memory(self).await
             }
+            fn wide_partitions(&self) -> u32 {
+                10_000 / $copies
+            }
         }
 
-        conformance_suite!(support::Cluster::start($servers, $transport).await);
+        conformance_suite!(support::Cluster::start_replicated($servers, $transport, $copies).await);
     };
 }

@@ -65,6 +65,7 @@ pub(crate) async fn handle_push(
                 .metrics
                 .duplicate_blocks_dropped
                 .inc_by(u64::from(outcome.duplicates));
+            shared.metrics.replication_bytes.inc_by(outcome.replica_bytes);
             return Frame::PushAck(PushAck {
                 request_id,
                 stored: outcome.stored,

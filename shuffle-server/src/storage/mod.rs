@@ -44,7 +44,7 @@ mod try_all;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use protocol::ShuffleSpec;
+use protocol::{PartitionId, ShuffleSpec};
 
 pub use self::disks::{DiskErrorKind, DiskStatus};
 pub use self::persist::{RecoveryReport, SetAside};
@@ -155,6 +155,45 @@ pub struct PushOutcome {
     pub stored: u32,
     /// Blocks already stored (retried or duplicated pushes), dropped.
     pub duplicates: u32,
+    /// Bytes of the new blocks that belong to partitions this server holds
+    /// as the replica copy (`rss_replication_bytes_total`).
+    pub replica_bytes: u64,
+}
+
+/// Where this server stands in a replicated shuffle's placement: server
+/// `index` of the `servers` the shuffle was placed over from `offset`
+/// ([`protocol::copy_server`]). Known only to count replica bytes: the
+/// server stores and serves a replica like any partition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CopyRole {
+    pub servers: u32,
+    pub index: u32,
+    pub offset: u32,
+}
+
+impl CopyRole {
+    /// Validates the role a client sent (`index` and `offset` below
+    /// `servers`, at least two servers).
+    pub fn new(servers: u32, index: u32, offset: u32) -> Result<Self, String> {
+        if servers < 2 {
+            return Err(format!("a replicated shuffle needs two servers, not {servers}"));
+        }
+        if index >= servers || offset >= servers {
+            return Err(format!(
+                "placement index {index} and offset {offset} must be below its {servers} servers"
+            ));
+        }
+        Ok(CopyRole {
+            servers,
+            index,
+            offset,
+        })
+    }
+
+    /// Whether this server holds `partition`'s replica copy.
+    pub fn holds_replica(&self, partition: PartitionId) -> bool {
+        protocol::copy_server(partition, 1, self.servers as usize, self.offset) == self.index as usize
+    }
 }
 
 /// The state of one shuffle.

@@ -90,6 +90,8 @@ pub(crate) struct ShuffleState {
     commits: Mutex<Commits>,
     sealed: AtomicBool,
     removed: AtomicBool,
+    /// Set when the shuffle was registered as replicated.
+    pub copy_role: std::sync::OnceLock<super::CopyRole>,
 }
 
 impl ShuffleState {
@@ -101,6 +103,7 @@ impl ShuffleState {
             commits: Mutex::default(),
             sealed: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            copy_role: std::sync::OnceLock::new(),
             app,
             id,
             spec,
@@ -156,6 +159,8 @@ impl ShuffleState {
             commits: Mutex::new(Commits { by_map }),
             sealed: AtomicBool::new(true),
             removed: AtomicBool::new(false),
+            // Sealed: no push will come to count.
+            copy_role: std::sync::OnceLock::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use super::stream_index::MemoryGauge;
 use super::stream_push::StreamEnv;
 use super::stream_read::{ShuffleRead, StreamReader};
 use super::try_all::try_all;
-use super::{PushOutcome, ShuffleStatus, StoreConfig, StoreLimits, StoreStats};
+use super::{CopyRole, PushOutcome, ShuffleStatus, StoreConfig, StoreLimits, StoreStats};
 use crate::budget::{Credit, MemoryBudget};
 use crate::ServerError;
 
@@ -138,10 +138,26 @@ impl Store {
         shuffle: ShuffleId,
         spec: ShuffleSpec,
     ) -> Result<(), ServerError> {
+        self.register_shuffle_as(app, shuffle, spec, None)
+    }
+
+    /// [`Store::register_shuffle`] of a shuffle replicated over several
+    /// servers, with this server's place among them (`role`, first
+    /// registration wins), by which it counts the replica bytes it stores.
+    pub fn register_shuffle_as(
+        &self,
+        app: &AppId,
+        shuffle: ShuffleId,
+        spec: ShuffleSpec,
+        role: Option<CopyRole>,
+    ) -> Result<(), ServerError> {
         let key = (app.clone(), shuffle);
         let mut shuffles = wlock(&self.shuffles);
         if let Some(existing) = shuffles.by_key.get(&key) {
             if existing.spec == spec {
+                if let Some(role) = role {
+                    let _ = existing.copy_role.set(role);
+                }
                 return Ok(());
             }
             return Err(ServerError::Service(ServiceError::ShuffleExists {
@@ -183,12 +199,11 @@ impl Store {
                 requested,
             }));
         }
-        shuffles.insert(Arc::new(ShuffleState::new(
-            app.clone(),
-            shuffle,
-            spec,
-            self.fsync_on_seal,
-        )));
+        let state = ShuffleState::new(app.clone(), shuffle, spec, self.fsync_on_seal);
+        if let Some(role) = role {
+            let _ = state.copy_role.set(role);
+        }
+        shuffles.insert(Arc::new(state));
         Ok(())
     }
 
@@ -267,14 +282,31 @@ impl Store {
         let mut outcome = PushOutcome::default();
         for block in &blocks {
             let stored = state.append(block, &self.disks)?;
-            self.count_block(&mut outcome, stored, block.encoded_len() as u64);
+            self.count_block(
+                &mut outcome,
+                &state,
+                block.id().partition,
+                stored,
+                block.encoded_len() as u64,
+            );
         }
         Ok(outcome)
     }
 
-    /// Counts one pushed block, new (`stored`) or a dropped duplicate.
-    fn count_block(&self, outcome: &mut PushOutcome, stored: bool, len: u64) {
+    /// Counts one pushed block of `partition`, new (`stored`) or a dropped
+    /// duplicate.
+    fn count_block(
+        &self,
+        outcome: &mut PushOutcome,
+        state: &ShuffleState,
+        partition: PartitionId,
+        stored: bool,
+        len: u64,
+    ) {
         if stored {
+            if state.copy_role.get().is_some_and(|r| r.holds_replica(partition)) {
+                outcome.replica_bytes += len;
+            }
             outcome.stored += 1;
             self.counters.blocks_stored.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
@@ -456,11 +488,14 @@ impl Store {
         blocks: Vec<Block>,
         credit: Option<Credit>,
     ) -> Result<PushOutcome, ServerError> {
-        let lens: Vec<u64> = blocks.iter().map(|b| b.encoded_len() as u64).collect();
+        let lens: Vec<(PartitionId, u64)> = blocks
+            .iter()
+            .map(|b| (b.id().partition, b.encoded_len() as u64))
+            .collect();
         let results = state.push_streaming(blocks, credit, &self.env, &self.disks)?;
         let mut outcome = PushOutcome::default();
-        for ((stored, _on_disk), len) in results.into_iter().zip(lens) {
-            self.count_block(&mut outcome, stored, len);
+        for ((stored, _on_disk), (partition, len)) in results.into_iter().zip(lens) {
+            self.count_block(&mut outcome, state, partition, stored, len);
         }
         Ok(outcome)
     }

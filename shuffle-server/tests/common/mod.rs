@@ -442,6 +442,7 @@ pub async fn register_shuffle(
             num_maps,
             num_partitions,
             mode: 0,
+            ..Default::default()
         }),
     )
     .await??;

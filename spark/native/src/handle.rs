@@ -5,7 +5,7 @@
 //! ```text
 //! rss-handle 1
 //! <app id>
-//! <shuffle id> <maps> <partitions> <mode> <offset>
+//! <shuffle id> <maps> <partitions> <mode> <offset> [<replication>]
 //! <server url>,<server url>,...
 //! ```
 //!
@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use shuffle_client::protocol::{AppId, ProtocolError, ShuffleId, ShuffleMode, ShuffleSpec};
+use shuffle_client::protocol::{AppId, ProtocolError, Replication, ShuffleId, ShuffleMode, ShuffleSpec};
 use shuffle_client::{ClientError, Placement, ShuffleHandle};
 
 const MAGIC: &str = "rss-handle 1";
@@ -23,14 +23,19 @@ const MAX_LEN: usize = 64 << 10;
 
 /// Encodes `handle` (a spread placement: handles come from a remote client).
 pub fn encode(handle: &ShuffleHandle) -> Result<Vec<u8>, ClientError> {
-    let Placement::Spread { servers, offset } = handle.placement() else {
+    let Placement::Spread {
+        servers,
+        offset,
+        replication,
+    } = handle.placement()
+    else {
         return Err(bad(
             "a handle of an in-process shuffle cannot cross to Java".into()
         ));
     };
     let spec = handle.spec();
     Ok(format!(
-        "{MAGIC}\n{}\n{} {} {} {} {offset}\n{}",
+        "{MAGIC}\n{}\n{} {} {} {} {offset} {replication}\n{}",
         handle.app(),
         handle.shuffle().0,
         spec.num_maps(),
@@ -55,8 +60,11 @@ pub fn decode(bytes: &[u8]) -> Result<ShuffleHandle, ClientError> {
     let app = AppId::new(app).map_err(ClientError::InvalidArgument)?;
     let shape = lines.next().ok_or_else(|| bad("no shape line".into()))?;
     let fields: Vec<&str> = shape.split(' ').collect();
-    let [shuffle, maps, partitions, mode, offset] = fields[..] else {
-        return Err(bad(format!("shape line {shape:?} has not 5 fields")));
+    // The replication field came later: a handle without it has one copy.
+    let (shuffle, maps, partitions, mode, offset, replication) = match fields[..] {
+        [s, m, p, mode, o] => (s, m, p, mode, o, "1"),
+        [s, m, p, mode, o, r] => (s, m, p, mode, o, r),
+        _ => return Err(bad(format!("shape line {shape:?} has not 5 or 6 fields"))),
     };
     let number = |what: &str, s: &str| s.parse::<u32>().map_err(|e| bad(format!("{what} {s:?}: {e}")));
     let shuffle = ShuffleId(number("shuffle id", shuffle)?);
@@ -64,6 +72,8 @@ pub fn decode(bytes: &[u8]) -> Result<ShuffleHandle, ClientError> {
     let spec = ShuffleSpec::new(number("maps", maps)?, number("partitions", partitions)?, mode)
         .map_err(ClientError::InvalidArgument)?;
     let offset = number("offset", offset)?;
+    let replication =
+        Replication::new(number("replication", replication)?).map_err(ClientError::InvalidArgument)?;
     let servers: Arc<[String]> = lines
         .next()
         .ok_or_else(|| bad("no servers line".into()))?
@@ -76,11 +86,21 @@ pub fn decode(bytes: &[u8]) -> Result<ShuffleHandle, ClientError> {
     if lines.next().is_some() {
         return Err(bad("trailing lines".into()));
     }
+    if replication.copies() > servers.len() {
+        return Err(bad(format!(
+            "replication {replication} over {} servers",
+            servers.len()
+        )));
+    }
     Ok(ShuffleHandle::from_parts(
         app,
         shuffle,
         spec,
-        Placement::Spread { servers, offset },
+        Placement::Spread {
+            servers,
+            offset,
+            replication,
+        },
     ))
 }
 
@@ -103,7 +123,11 @@ mod tests {
             AppId::new("app-1").expect("app"),
             ShuffleId(5),
             spec,
-            Placement::Spread { servers, offset: 1 },
+            Placement::Spread {
+                servers,
+                offset: 1,
+                replication: Replication::TWO,
+            },
         )
     }
 
@@ -126,11 +150,21 @@ mod tests {
             good.replace("tcp://127.0.0.1:2", ""),
             format!("{good}\nmore"),
             "x".repeat(MAX_LEN + 1),
+            good.replace(" 1 2\n", " 1 3\n"),
+            good.replace(",tcp://127.0.0.1:2", ""),
         ];
         for case in cases {
             let e = decode(case.as_bytes()).expect_err(&case);
             assert!(matches!(e, ClientError::InvalidArgument(_)), "{case:?}: {e:?}");
         }
         assert!(decode(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn a_handle_without_replication_has_one_copy() {
+        let good = String::from_utf8(encode(&handle()).expect("encode")).expect("utf8");
+        let old = good.replace(" 1 2\n", " 1\n");
+        let h = decode(old.as_bytes()).expect("decode");
+        assert_eq!(h.placement().replication(), Replication::ONE);
     }
 }

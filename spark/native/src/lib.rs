@@ -33,7 +33,7 @@ use jni::objects::{JByteArray, JClass, JString};
 use jni::sys::{jbyteArray, jint, jlong, jlongArray, jobjectArray};
 use jni::JNIEnv;
 use shuffle_client::protocol::{
-    AppId, AttemptId, MapId, MapRange, PartitionId, ShuffleId, ShuffleMode, ShuffleSpec,
+    AppId, AttemptId, MapId, MapRange, PartitionId, Replication, ShuffleId, ShuffleMode, ShuffleSpec,
 };
 use shuffle_client::remote::{RemoteReader, RemoteWriter};
 use shuffle_client::{
@@ -66,7 +66,7 @@ pub struct Reader {
     reader: RemoteReader,
 }
 
-/// `long connect(String urls, String quicPins, long connectTimeoutMs, long requestTimeoutMs, long retryWindowMs)`
+/// `long connect(String urls, String quicPins, long connectTimeoutMs, long requestTimeoutMs, long retryWindowMs, int replication)`
 #[no_mangle]
 pub extern "system" fn Java_rss_spark_Native_connect<'l>(
     mut env: JNIEnv<'l>,
@@ -76,6 +76,7 @@ pub extern "system" fn Java_rss_spark_Native_connect<'l>(
     connect_ms: jlong,
     request_ms: jlong,
     retry_ms: jlong,
+    replication: jint,
 ) -> jlong {
     entry(&mut env, 0, |env| {
         let urls = text(env, &urls)?;
@@ -85,6 +86,8 @@ pub extern "system" fn Java_rss_spark_Native_connect<'l>(
             connect_timeout: millis(connect_ms),
             request_timeout: millis(request_ms),
             retry_window: millis(retry_ms),
+            replication: Replication::new(u32::try_from(replication).unwrap_or(0))
+                .map_err(ClientError::InvalidArgument)?,
             ..RemoteOptions::default()
         };
         let pins: Vec<[u8; 32]> = pins

@@ -97,7 +97,8 @@ fn committed_blocks_come_back_in_map_then_seq_order() {
         out,
         PushOutcome {
             stored: 5,
-            duplicates: 0
+            duplicates: 0,
+            replica_bytes: 0
         }
     );
     store
@@ -132,7 +133,8 @@ fn duplicates_are_dropped_and_counted() {
         again,
         PushOutcome {
             stored: 1,
-            duplicates: 1
+            duplicates: 1,
+            replica_bytes: 0
         }
     );
     assert_eq!(store.stats().duplicates_dropped, 1);

@@ -45,7 +45,12 @@ final class Native {
   }
 
   static native long connect(
-      String urls, String quicPins, long connectTimeoutMs, long requestTimeoutMs, long retryWindowMs)
+      String urls,
+      String quicPins,
+      long connectTimeoutMs,
+      long requestTimeoutMs,
+      long retryWindowMs,
+      int replication)
       throws RssException;
 
   static native void close(long client) throws RssException;

@@ -29,6 +29,11 @@ final class RssConf {
   final long requestTimeoutMs;
   /** {@code spark.rss.retryWindow}: how long connection errors are retried. Default 30s. */
   final long retryWindowMs;
+  /**
+   * {@code spark.rss.replication}: copies of each partition, 1 or 2 (a replica on another server:
+   * a lost server then costs no stage re-run). Default 1.
+   */
+  final int replication;
 
   RssConf(SparkConf conf) {
     servers = conf.get("spark.rss.servers", "").trim();
@@ -42,6 +47,11 @@ final class RssConf {
     connectTimeoutMs = conf.getTimeAsMs("spark.rss.connectTimeout", "5s");
     requestTimeoutMs = conf.getTimeAsMs("spark.rss.requestTimeout", "120s");
     retryWindowMs = conf.getTimeAsMs("spark.rss.retryWindow", "30s");
+    replication = conf.getInt("spark.rss.replication", 1);
+    if (replication != 1 && replication != 2) {
+      throw new IllegalArgumentException(
+          "spark.rss.replication=" + replication + ": 1 or 2 copies are served");
+    }
     if (!mode.equals("blocking")) {
       throw new IllegalArgumentException(
           "spark.rss.mode=" + mode + ": Spark shuffles through the service in blocking mode only");

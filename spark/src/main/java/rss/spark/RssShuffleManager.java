@@ -64,7 +64,8 @@ public final class RssShuffleManager implements ShuffleManager {
               conf.quicPins,
               conf.connectTimeoutMs,
               conf.requestTimeoutMs,
-              conf.retryWindowMs);
+              conf.retryWindowMs,
+              conf.replication);
     }
     return client;
   }

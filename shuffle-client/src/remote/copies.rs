@@ -1,0 +1,142 @@
+//! Replication on the client side: the client pushes every block of a
+//! replicated partition to both of its copies itself, commits on both, and
+//! reads from the primary, failing over to the replica (see `reader`).
+//!
+//! Why the client and not a forwarding primary: the client already holds
+//! the block, so a second push costs it one more send of bytes it has, and
+//! a copy that dies is noticed by the party that can act on it (go on with
+//! the other copy) without a server-to-server protocol, its own retries and
+//! its own failure modes. The measured cost is in `benches/README.md`
+//! ("Replication").
+//!
+//! A copy found unable to serve (`ClientError::loses_copy`) is remembered
+//! here, so later pushes, commits and reads of this client skip it at once
+//! instead of waiting out the retry window again: a server lost for good
+//! (its connection errors outlasted the window) for every shuffle, a
+//! shuffle missing on a server (restarted without it) or on a failed disk
+//! for that shuffle only. A server lost for good that answers a status
+//! probe again is taken back for new shuffles ([`LostCopies::revive`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use protocol::{AppId, ShuffleId};
+
+use crate::ClientError;
+
+type Key = (String, Option<(AppId, ShuffleId)>);
+
+/// The copies this client found lost, and why.
+#[derive(Debug, Default)]
+pub(crate) struct LostCopies {
+    lost: Mutex<HashMap<Key, String>>,
+}
+
+impl LostCopies {
+    /// Remembers that `server`'s copy of `shuffle` failed with `error`
+    /// (for every shuffle when the server itself is lost). Logged once.
+    pub fn mark(&self, server: &str, app: &AppId, shuffle: ShuffleId, error: &ClientError) {
+        let scope = match error {
+            ClientError::ServerLost { .. } => None,
+            _ => Some((app.clone(), shuffle)),
+        };
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (server.to_string(), scope);
+        if let std::collections::hash_map::Entry::Vacant(slot) = lost.entry(key) {
+            tracing::warn!(server, %shuffle, "a copy is lost, going on degraded with the other: {error}");
+            slot.insert(error.to_string());
+        }
+    }
+
+    /// Why `server`'s copy of `shuffle` is lost, if it is.
+    pub fn why(&self, server: &str, app: &AppId, shuffle: ShuffleId) -> Option<String> {
+        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        lost.get(&(server.to_string(), None))
+            .or_else(|| lost.get(&(server.to_string(), Some((app.clone(), shuffle)))))
+            .cloned()
+    }
+
+    /// Whether `server` itself was found lost.
+    pub fn server_lost(&self, server: &str) -> bool {
+        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        lost.contains_key(&(server.to_string(), None))
+    }
+
+    /// `server` answered again: new shuffles may use it (its copies of
+    /// older shuffles stay marked when they were marked one by one).
+    pub fn revive(&self, server: &str) {
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if lost.remove(&(server.to_string(), None)).is_some() {
+            tracing::info!(server, "answers again: back in service for new shuffles");
+        }
+    }
+}
+
+/// Why the copies of a partition could not serve, gathered until every
+/// copy failed.
+#[derive(Debug, Default)]
+pub(crate) struct CopyFailures {
+    why: Vec<String>,
+    /// The first failure that is not a lost server: the typed error to
+    /// return when it is the same on every copy (a shuffle never
+    /// registered, a bad block...).
+    first_typed: Option<ClientError>,
+}
+
+impl CopyFailures {
+    /// A copy left out because it was found lost before.
+    pub fn skipped(&mut self, server: &str, reason: &str) {
+        self.why.push(format!("{server}: {reason}"));
+    }
+
+    /// A copy that failed with `error`.
+    pub fn failed(&mut self, error: ClientError) {
+        self.why.push(error.to_string());
+        if !matches!(error, ClientError::ServerLost { .. }) && self.first_typed.is_none() {
+            self.first_typed = Some(error);
+        }
+    }
+
+    /// The error for a partition whose every copy failed: the first typed
+    /// error, or `ServerLost` (the data is gone; the engine runs its
+    /// producers again) when the copies were lost with their servers.
+    pub fn into_error(self, servers: &[&str], shuffle: ShuffleId) -> ClientError {
+        self.first_typed.unwrap_or_else(|| ClientError::ServerLost {
+            server: servers.join(","),
+            shuffle,
+            reason: format!("every copy is lost: {}", self.why.join("; ")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost(server: &str, shuffle: u32) -> ClientError {
+        ClientError::ServerLost {
+            server: server.into(),
+            shuffle: ShuffleId(shuffle),
+            reason: "gone".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_server_is_lost_for_every_shuffle_and_a_missing_shuffle_for_itself() {
+        let app = AppId::new("a").expect("app");
+        let copies = LostCopies::default();
+        copies.mark("s1", &app, ShuffleId(1), &lost("s1", 1));
+        assert!(copies.why("s1", &app, ShuffleId(7)).is_some());
+        assert!(copies.server_lost("s1"));
+        let missing = ClientError::UnknownShuffle {
+            app: app.clone(),
+            shuffle: ShuffleId(2),
+        };
+        copies.mark("s2", &app, ShuffleId(2), &missing);
+        assert!(copies.why("s2", &app, ShuffleId(2)).is_some());
+        assert!(copies.why("s2", &app, ShuffleId(3)).is_none());
+        assert!(!copies.server_lost("s2"));
+        copies.revive("s1");
+        assert!(copies.why("s1", &app, ShuffleId(7)).is_none());
+    }
+}
