@@ -191,16 +191,7 @@ impl RemoteReader {
         // What the other copy may not share: its server unreachable or
         // busy, not sealed there yet, or this copy's data lost. Anything
         // else (a losing attempt, a bad request) is the same on both.
-        let other_copy_may_serve = e.loses_copy()
-            || matches!(
-                e,
-                ClientError::Connection { .. }
-                    | ClientError::Busy { .. }
-                    | ClientError::Draining { .. }
-                    | ClientError::NotReady { .. }
-                    | ClientError::Io { .. }
-                    | ClientError::Internal { .. }
-            );
+        let other_copy_may_serve = e.loses_copy() || e.is_retryable();
         if !other_copy_may_serve {
             return Err(e);
         }
