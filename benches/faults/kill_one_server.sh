@@ -5,6 +5,7 @@
 #
 #   bash benches/faults/kill_one_server.sh            # 1GiB, blocking
 #   SIZE=256MB MODE=hybrid-full RETRY_WINDOW=5s bash benches/faults/kill_one_server.sh
+#   REPLICATION=2 bash benches/faults/kill_one_server.sh   # read from the replica
 #
 # Needs curl. Release binaries are built first.
 set -euo pipefail
@@ -13,6 +14,7 @@ SIZE=${SIZE:-1GiB}
 MODE=${MODE:-blocking}
 RETRY_WINDOW=${RETRY_WINDOW:-5s}
 KILL_AFTER=${KILL_AFTER:-rss_fetch_bytes_total}
+REPLICATION=${REPLICATION:-1}
 cargo build --release -q -p shuffle-server -p engine
 bin=target/release
 tmp=$(mktemp -d)
@@ -39,7 +41,7 @@ servers=$(IFS=,; echo "${urls[*]}")
 echo "servers: $servers; killing ${urls[1]} once it counts $KILL_AFTER > 0" >&2
 
 "$bin/engine" run terasort --size "$SIZE" --mode "$MODE" --shuffle-servers "$servers" \
-  --retry-window "$RETRY_WINDOW" --json > "$tmp/report.json" 2> "$tmp/engine.log" &
+  --retry-window "$RETRY_WINDOW" --replication "$REPLICATION" --json > "$tmp/report.json" 2> "$tmp/engine.log" &
 engine=$!
 start=$(date +%s.%N)
 while :; do
@@ -58,7 +60,7 @@ python3 - "$tmp/report.json" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 print(f"valid={r['valid']} records_out={r['records_out']} wall={r['wall_seconds']:.2f}s "
-      f"maps_rerun={r['maps_rerun']} region_restarts={r['region_restarts']} retries={r['retries']}")
+      f"maps_rerun={r['maps_rerun']} read_failovers={r.get('read_failovers', 0)} region_restarts={r['region_restarts']} retries={r['retries']}")
 for x in r.get("recoveries", []):
     print(f"  shuffle {x['lost_shuffle']} lost at {x['at']:.2f}s: {x['tasks_rerun']} {x['stage']} tasks re-run "
           f"on shuffle {x['new_shuffle']} in {x['seconds']}s")

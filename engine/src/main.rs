@@ -144,7 +144,10 @@ struct CommonArgs {
     #[arg(long)]
     coordinator_listen: Option<SocketAddr>,
     /// Comma-separated shuffle server URLs (tcp://host:port or
-    /// quic://host:port). Default: the embedded shuffle service.
+    /// quic://host:port). A host that is a DNS name of several addresses
+    /// (a Kubernetes headless Service) stands for one server per address,
+    /// resolved once when the job starts. Default: the embedded shuffle
+    /// service.
     #[arg(long, value_delimiter = ',')]
     shuffle_servers: Vec<String>,
     /// SHA-256 fingerprint of a QUIC server's certificate to trust; repeat
@@ -349,10 +352,12 @@ fn settings(flags: &CommonArgs, file: &JobFile) -> Result<RunConfig> {
     };
     let replication = flags.replication.or(file.replication).unwrap_or(1);
     Replication::new(replication).map_err(|e| anyhow::anyhow!("`replication`: {e}"))?;
-    if replication > 1 && servers.len() < 2 {
+    // One URL may be a DNS name of several servers: the count is checked
+    // when the shuffle is placed (fewer live servers than copies fails it).
+    if replication > 1 && servers.is_empty() {
         anyhow::bail!(
-            "`replication` {replication} needs two or more --shuffle-servers (given: {})",
-            servers.len()
+            "`replication` {replication} needs --shuffle-servers (two or more servers, or a DNS name of \
+             several): the embedded service is one"
         );
     }
     let service = if servers.is_empty() {

@@ -3,122 +3,24 @@
 //! shuffle run again (counted in the report, with the time to recover);
 //! with replication 2 it finishes valid with nothing run again.
 //!
-//! The servers are real processes: this test binary started again as a
-//! child that runs a shuffle server (`serve_as_child`), so the test always
-//! runs the server code it was built with.
+//! The servers are real processes (`daemon_support`).
 
 mod cli_support;
+mod daemon_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::finish;
+use daemon_support::ServerProcess;
 use serde_json::Value;
 
-const SERVE_DIR: &str = "RSS_TEST_SERVE_DIR";
-
 /// Not a test: the body of the server processes the tests below start
-/// (`--ignored --exact serve_as_child` with `RSS_TEST_SERVE_DIR` set). It
-/// prints its addresses and serves until it is killed.
+/// (see `daemon_support`). It serves until it is killed.
 #[test]
 #[ignore = "a helper process of the tests in this file, started by them"]
 fn serve_as_child() {
-    let Some(dir) = std::env::var_os(SERVE_DIR) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async move {
-        let mut config = shuffle_server::config::ServerConfig::new(vec![dir.into()]);
-        config.create_data_dirs = true;
-        config.fsync_on_seal = false;
-        let server = shuffle_server::LocalServer::start(config)
-            .await
-            .expect("server starts");
-        println!("serving tcp={} http={}", server.tcp_url(), server.addrs.http);
-        std::io::stdout().flush().expect("flush");
-        std::future::pending::<()>().await;
-    });
-}
-
-/// A shuffle server in a child process; killed with SIGKILL on drop.
-struct ServerProcess {
-    child: Child,
-    url: String,
-    http: SocketAddr,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    fn start(dir: &std::path::Path) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--ignored",
-                "--exact",
-                "serve_as_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(SERVE_DIR, dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server process starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = loop {
-            match lines.next() {
-                // The harness prints "test serve_as_child ... " first.
-                Some(Ok(line)) if line.contains("serving tcp=") => break line,
-                Some(Ok(_)) => continue,
-                other => panic!("the server process ended before serving: {other:?}"),
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line}"))
-                .to_string()
-        };
-        ServerProcess {
-            child,
-            url: field("tcp="),
-            http: field("http=").parse().expect("http address"),
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let status = Command::new("kill")
-            .args(["-9", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let _ = self.child.wait();
-    }
-
-    /// A counter of the server's `/metrics` (0 when absent or unreachable).
-    fn counter(&self, name: &str) -> f64 {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)) else {
-            return 0.0;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
+    daemon_support::serve_from_env();
 }
 
 /// Runs terasort over three servers, kills server 1 once `kill_when` says

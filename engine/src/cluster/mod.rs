@@ -230,7 +230,7 @@ impl JobRun<'_> {
 
     /// Runs the tasks on worker processes that build the job from `spec`
     /// and reach the shuffle service through `service`.
-    async fn on_workers(self, spec: JobSpec, service: ServiceSpec) -> Result<JobReport, EngineError> {
+    async fn on_workers(self, spec: JobSpec, mut service: ServiceSpec) -> Result<JobReport, EngineError> {
         let config = self.config;
         let Executors::Workers { source, listen } = &config.executors else {
             return Err(EngineError::Workers {
@@ -239,6 +239,8 @@ impl JobRun<'_> {
         };
         let started = Instant::now();
         let client = Arc::new(service::connect_remote(&service).await?);
+        // The workers name the servers as this client resolved them.
+        service.urls = client.server_urls();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(EngineError::io("listen for workers on", listen.to_string()))?;

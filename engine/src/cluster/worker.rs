@@ -36,11 +36,22 @@ pub struct WorkerOptions {
 pub fn classify(e: &EngineError) -> FailureClass {
     match e {
         EngineError::Remote { class, .. } => *class,
-        EngineError::Shuffle(c) => match c.lost_shuffle() {
-            Some(shuffle) => FailureClass::ShuffleLost { shuffle: shuffle.0 },
-            None if c.is_retryable() || c.loses_data() => FailureClass::Transient,
-            None => FailureClass::Permanent,
-        },
+        EngineError::Shuffle(c) => {
+            // A task only touches shuffles of its running job, which the
+            // job releases after their consumers finished: a server that
+            // does not know one restarted without it (its unsealed data
+            // there is gone), which the job recovers from as from a lost
+            // server.
+            let restarted_without = match c {
+                ClientError::UnknownShuffle { shuffle, .. } => Some(*shuffle),
+                _ => None,
+            };
+            match c.lost_shuffle().or(restarted_without) {
+                Some(shuffle) => FailureClass::ShuffleLost { shuffle: shuffle.0 },
+                None if c.is_retryable() || c.loses_data() => FailureClass::Transient,
+                None => FailureClass::Permanent,
+            }
+        }
         e if e.is_transient() => FailureClass::Transient,
         _ => FailureClass::Permanent,
     }

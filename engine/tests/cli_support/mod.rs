@@ -47,3 +47,41 @@ pub fn finish(
     });
     (r, err)
 }
+
+/// [`finish`], but a job still running after `limit` is killed (SIGKILL)
+/// and the test fails with what it printed: a hang fails, never blocks.
+pub fn finish_within(
+    child: std::process::Child,
+    stderr: impl std::io::Read + Send + 'static,
+    limit: std::time::Duration,
+) -> (Value, String) {
+    let pid = child.id();
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = watch.recv_timeout(limit).is_err();
+        if hung {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        hung
+    });
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(child, stderr)));
+    let _ = done.send(());
+    let hung = watchdog.join().unwrap_or(false);
+    match out {
+        Ok(done) if !hung => done,
+        Ok(_) => panic!("the job was killed after {limit:?} but reported"),
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            if hung {
+                panic!("the job made no end within {limit:?} (killed): {why}");
+            }
+            std::panic::resume_unwind(e)
+        }
+    }
+}

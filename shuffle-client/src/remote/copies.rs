@@ -10,12 +10,22 @@
 //! ("Replication").
 //!
 //! A copy found unable to serve (`ClientError::loses_copy`) is remembered
-//! here, so later pushes, commits and reads of this client skip it at once
-//! instead of waiting out the retry window again: a server lost for good
-//! (its connection errors outlasted the window) for every shuffle, a
-//! shuffle missing on a server (restarted without it) or on a failed disk
-//! for that shuffle only. A server lost for good that answers a status
-//! probe again is taken back for new shuffles ([`LostCopies::revive`]).
+//! here, so later pushes, commits and reads of this shuffle by this client
+//! skip it at once instead of waiting out the retry window again. A mark
+//! is for one shuffle only, even when the whole server was lost: other
+//! processes of the job (a worker that reads what this one writes) do not
+//! see this client's marks, so a copy this client stops writing must be
+//! one they also find unable to serve. A server lost for good restarts
+//! without the shuffles it had not sealed (they are deleted at recovery),
+//! so a reader finds that copy missing and fails over; a shuffle placed
+//! on the server after it came back is written and read there as usual.
+//! (A server that was unreachable for the whole window without restarting
+//! and comes back with the shuffle is the one case a streaming reader in
+//! another process could wait on: its copy is never sealed there.)
+//!
+//! Servers found lost are also remembered on their own, so that releasing
+//! an app does not wait out the window on each again; one that answers a
+//! status call is taken back ([`LostCopies::revive`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -24,25 +34,27 @@ use protocol::{AppId, ShuffleId};
 
 use crate::ClientError;
 
-type Key = (String, Option<(AppId, ShuffleId)>);
+type Key = (String, AppId, ShuffleId);
 
 /// The copies this client found lost, and why.
 #[derive(Debug, Default)]
 pub(crate) struct LostCopies {
-    lost: Mutex<HashMap<Key, String>>,
+    copies: Mutex<HashMap<Key, String>>,
+    /// Servers whose connection errors outlasted a retry window.
+    servers: Mutex<HashMap<String, String>>,
 }
 
 impl LostCopies {
-    /// Remembers that `server`'s copy of `shuffle` failed with `error`
-    /// (for every shuffle when the server itself is lost). Logged once.
+    /// Remembers that `server`'s copy of `shuffle` failed with `error`.
+    /// Logged once.
     pub fn mark(&self, server: &str, app: &AppId, shuffle: ShuffleId, error: &ClientError) {
-        let scope = match error {
-            ClientError::ServerLost { .. } => None,
-            _ => Some((app.clone(), shuffle)),
-        };
-        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (server.to_string(), scope);
-        if let std::collections::hash_map::Entry::Vacant(slot) = lost.entry(key) {
+        if matches!(error, ClientError::ServerLost { .. }) {
+            let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+            servers.insert(server.to_string(), error.to_string());
+        }
+        let mut copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (server.to_string(), app.clone(), shuffle);
+        if let std::collections::hash_map::Entry::Vacant(slot) = copies.entry(key) {
             tracing::warn!(server, %shuffle, "a copy is lost, going on degraded with the other: {error}");
             slot.insert(error.to_string());
         }
@@ -50,24 +62,21 @@ impl LostCopies {
 
     /// Why `server`'s copy of `shuffle` is lost, if it is.
     pub fn why(&self, server: &str, app: &AppId, shuffle: ShuffleId) -> Option<String> {
-        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        lost.get(&(server.to_string(), None))
-            .or_else(|| lost.get(&(server.to_string(), Some((app.clone(), shuffle)))))
-            .cloned()
+        let copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
+        copies.get(&(server.to_string(), app.clone(), shuffle)).cloned()
     }
 
-    /// Whether `server` itself was found lost.
+    /// Whether `server` itself was found lost (and has not answered since).
     pub fn server_lost(&self, server: &str) -> bool {
-        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        lost.contains_key(&(server.to_string(), None))
+        let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        servers.contains_key(server)
     }
 
-    /// `server` answered again: new shuffles may use it (its copies of
-    /// older shuffles stay marked when they were marked one by one).
+    /// `server` answered again (its copies of older shuffles stay marked).
     pub fn revive(&self, server: &str) {
-        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        if lost.remove(&(server.to_string(), None)).is_some() {
-            tracing::info!(server, "answers again: back in service for new shuffles");
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        if servers.remove(server).is_some() {
+            tracing::info!(server, "answers again: back in service");
         }
     }
 }
@@ -122,11 +131,14 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_server_is_lost_for_every_shuffle_and_a_missing_shuffle_for_itself() {
+    fn a_copy_is_lost_for_its_shuffle_only_and_a_lost_server_until_it_answers() {
         let app = AppId::new("a").expect("app");
         let copies = LostCopies::default();
         copies.mark("s1", &app, ShuffleId(1), &lost("s1", 1));
-        assert!(copies.why("s1", &app, ShuffleId(7)).is_some());
+        assert!(copies.why("s1", &app, ShuffleId(1)).is_some());
+        // Another shuffle (placed there later, or read by another process)
+        // is not skipped.
+        assert!(copies.why("s1", &app, ShuffleId(7)).is_none());
         assert!(copies.server_lost("s1"));
         let missing = ClientError::UnknownShuffle {
             app: app.clone(),
@@ -137,6 +149,10 @@ mod tests {
         assert!(copies.why("s2", &app, ShuffleId(3)).is_none());
         assert!(!copies.server_lost("s2"));
         copies.revive("s1");
-        assert!(copies.why("s1", &app, ShuffleId(7)).is_none());
+        assert!(!copies.server_lost("s1"));
+        assert!(
+            copies.why("s1", &app, ShuffleId(1)).is_some(),
+            "its old copy stays lost"
+        );
     }
 }

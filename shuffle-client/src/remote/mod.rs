@@ -15,8 +15,14 @@
 //!   server lost later loses its partitions of the shuffle
 //!   ([`ClientError::ServerLost`]), and the engine runs the producers
 //!   again on a fresh shuffle, placed over the servers live then.
-//! * Membership: servers that do not answer when the client connects are
-//!   left out (logged); the client fails only when none answers.
+//! * Membership: the servers are fixed when the client connects. A URL
+//!   whose host is a DNS name of several addresses (a Kubernetes headless
+//!   Service) stands for one server per address, resolved then and not
+//!   again (a new client resolves anew: a pod added later serves the next
+//!   job); `RemoteShuffle::server_urls` gives the resolved list, which the
+//!   engine hands its workers so every process of a job names the same
+//!   servers. Servers that do not answer (or names that do not resolve)
+//!   are left out (logged); the client fails only when none answers.
 //! * Pushes: a writer batches blocks per server and keeps a bounded number
 //!   of pushes in flight; a push that fails on a connection error is sent
 //!   again (the server drops the duplicates).
@@ -275,7 +281,20 @@ impl Inner {
             }
         })
         .await
-        .map_err(|e| e.into_lost(shuffle))
+        .map_err(|e| self.lost(&server.name, app, shuffle, e))
+    }
+
+    /// `e`, the final error of a call about `shuffle` on `server`: a
+    /// connection error that outlasted the retry window becomes
+    /// [`ClientError::ServerLost`], and the server is remembered as lost
+    /// (releasing the app then skips it instead of waiting out another
+    /// window; it is back for new shuffles once it answers a status call).
+    pub fn lost(&self, server: &str, app: &AppId, shuffle: ShuffleId, e: ClientError) -> ClientError {
+        let e = e.into_lost(shuffle);
+        if matches!(e, ClientError::ServerLost { .. }) {
+            self.lost.mark(server, app, shuffle, &e);
+        }
+        e
     }
 }
 
@@ -295,8 +314,10 @@ pub struct RemoteShuffle {
 impl RemoteShuffle {
     /// Connects to every server (a data-plane hello, which also tells each
     /// server's control-plane port, one try within `connect_timeout`).
-    /// Servers that do not answer are left out and logged: shuffles are
-    /// placed over the others. Fails only when no server answers.
+    /// A DNS name is first resolved into the servers it names (see the
+    /// module docs). Servers that do not answer are left out and logged:
+    /// shuffles are placed over the others. Fails only when no server
+    /// answers.
     pub async fn connect(urls: &[ServerUrl], options: RemoteOptions) -> Result<Self, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::InvalidArgument(protocol::ProtocolError::Malformed {
@@ -304,9 +325,28 @@ impl RemoteShuffle {
                 reason: "at least one shuffle server URL is required".into(),
             }));
         }
-        let mut servers = Vec::with_capacity(urls.len());
         let mut unreachable = Vec::new();
+        let mut expanded: Vec<ServerUrl> = Vec::with_capacity(urls.len());
         for url in urls {
+            match url.resolve().await {
+                Ok(fleet) => {
+                    if fleet.len() > 1 {
+                        tracing::info!(%url, servers = fleet.len(), "a DNS name of several servers");
+                    }
+                    for server in fleet {
+                        if !expanded.contains(&server) {
+                            expanded.push(server);
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(server = %url, "left out: {reason}");
+                    unreachable.push((url.to_string(), reason));
+                }
+            }
+        }
+        let mut servers = Vec::with_capacity(expanded.len());
+        for url in &expanded {
             let data = DataClient::new(url.clone(), options.connect_timeout, &options.quic_trust)?;
             let hello = match data.hello().await {
                 Ok(hello) => hello,
@@ -350,6 +390,17 @@ impl RemoteShuffle {
                 heartbeats: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Every server this client was given, as it names them in shuffle
+    /// handles (a DNS name of several servers expanded to their addresses),
+    /// reachable or not. A process that hands work to others passes these
+    /// on, so that every client of a job names the same servers even when
+    /// the name would resolve differently later.
+    pub fn server_urls(&self) -> Vec<String> {
+        let reachable = self.inner.servers.iter().map(|s| s.name.clone());
+        let unreachable = self.inner.unreachable.iter().map(|(name, _)| name.clone());
+        reachable.chain(unreachable).collect()
     }
 
     /// The settings this client was connected with.
@@ -947,7 +998,7 @@ pub(crate) async fn commit_on_every_server(
                 async move { c.commit_map(request).await.map_err(|s| server.control.error(s)) }
             })
             .await
-            .map_err(|e| e.into_lost(shuffle));
+            .map_err(|e| inner.lost(&server.name, app, shuffle, e));
         match reply {
             Ok(reply) => {
                 committed[index] = true;

@@ -109,9 +109,8 @@ impl RemoteReader {
         // process. A streaming fetch answers at once with an empty
         // `FetchBlocks` once attached, so this does not wait for producers.
         // A server that stays unreachable for the retry window is lost.
-        let shuffle = handle.shuffle();
         if reader.resumable {
-            reader.fill().await.map_err(|e| e.into_lost(shuffle))?;
+            reader.fill().await.map_err(|e| reader.give_up(e))?;
         } else {
             loop {
                 match reader.step().await {
@@ -120,11 +119,9 @@ impl RemoteReader {
                     Err(e) => {
                         reader.stream = None;
                         reader.server().data.reset();
-                        reader
-                            .backoff
-                            .wait("fetch", e)
-                            .await
-                            .map_err(|e| e.into_lost(shuffle))?;
+                        if let Err(e) = reader.backoff.wait("fetch", e).await {
+                            return Err(reader.give_up(e));
+                        }
                     }
                 }
             }
@@ -139,6 +136,13 @@ impl RemoteReader {
 
     fn server(&self) -> Arc<Server> {
         self.copies[self.current].clone()
+    }
+
+    /// The error this read ends with (see `Inner::lost`).
+    fn give_up(&self, e: ClientError) -> ClientError {
+        let server = &self.copies[self.current].name;
+        self.inner
+            .lost(server, &self.request.app, self.request.shuffle, e)
     }
 
     /// Receives frames until blocks are pending or the stream ended.
@@ -163,11 +167,9 @@ impl RemoteReader {
                         return Err(e);
                     }
                     self.server().data.reset();
-                    let shuffle = self.request.shuffle;
-                    self.backoff
-                        .wait("fetch", e)
-                        .await
-                        .map_err(|e| e.into_lost(shuffle))?;
+                    if let Err(e) = self.backoff.wait("fetch", e).await {
+                        return Err(self.give_up(e));
+                    }
                     tracing::debug!(position = self.position, "resuming the fetch");
                 }
             }

@@ -2,6 +2,7 @@
 //! data plane. The control plane's port is learned from the server's hello.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use protocol::ProtocolError;
@@ -35,6 +36,52 @@ impl ServerUrl {
     /// The same host on another port.
     pub(crate) fn authority_with_port(&self, port: u16) -> String {
         ServerUrl { port, ..self.clone() }.authority()
+    }
+
+    /// The servers this URL names: itself when its host is an address;
+    /// when it is a DNS name, every address the name resolves to (the way a
+    /// Kubernetes headless Service names each of its pods), named by
+    /// address. See [`ServerUrl::fleet`] for the rule.
+    pub(crate) async fn resolve(&self) -> Result<Vec<ServerUrl>, String> {
+        if self.host.parse::<IpAddr>().is_ok() {
+            return Ok(vec![self.clone()]);
+        }
+        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("{} does not resolve: {e}", self.host))?;
+        let addresses: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+        Ok(self.fleet(&addresses))
+    }
+
+    /// The servers a DNS name stands for, given the addresses it resolved
+    /// to in the resolver's order (pure, so it is tested without DNS):
+    /// - one address: the URL itself, by name (a single server);
+    /// - several: one server per distinct address, sorted (so clients that
+    ///   resolve the same set name the same servers in the same order),
+    ///   of the family of the first answer only: a dual-stack pod has an
+    ///   IPv4 and an IPv6 address, which would be one server counted twice.
+    pub(crate) fn fleet(&self, addresses: &[IpAddr]) -> Vec<ServerUrl> {
+        let Some(first) = addresses.first() else {
+            return Vec::new();
+        };
+        let mut same_family: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == first.is_ipv4())
+            .collect();
+        same_family.sort();
+        same_family.dedup();
+        if same_family.len() == 1 {
+            return vec![self.clone()];
+        }
+        same_family
+            .into_iter()
+            .map(|ip| ServerUrl {
+                transport: self.transport,
+                host: ip.to_string(),
+                port: self.port,
+            })
+            .collect()
     }
 }
 
@@ -110,5 +157,32 @@ mod tests {
         ] {
             assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_name_stands_for_every_address_of_one_family() {
+        let url: ServerUrl = "quic://rss.svc:9000".parse().expect("valid");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let names = |addresses: &[IpAddr]| -> Vec<String> {
+            url.fleet(addresses).iter().map(ToString::to_string).collect()
+        };
+        assert!(names(&[]).is_empty());
+        // One address (or the same one twice): the URL as given.
+        assert_eq!(names(&[ip("10.0.0.2"), ip("10.0.0.2")]), ["quic://rss.svc:9000"]);
+        // Several: sorted, deduplicated, by address, same transport and port.
+        assert_eq!(
+            names(&[ip("10.0.0.3"), ip("10.0.0.1"), ip("10.0.0.3"), ip("10.0.0.2")]),
+            [
+                "quic://10.0.0.1:9000",
+                "quic://10.0.0.2:9000",
+                "quic://10.0.0.3:9000"
+            ]
+        );
+        // Dual stack: the family of the first answer only.
+        assert_eq!(
+            names(&[ip("fd00::2"), ip("10.0.0.1"), ip("fd00::1"), ip("10.0.0.2")]),
+            ["quic://[fd00::1]:9000", "quic://[fd00::2]:9000"]
+        );
+        assert_eq!(names(&[ip("10.0.0.1"), ip("fd00::1")]), ["quic://rss.svc:9000"]);
     }
 }
